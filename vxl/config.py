@@ -1,0 +1,139 @@
+"""Configuration dataclasses: the model as read from an official Video-XL config.json, and engine settings.
+
+`ModelConfig.from_dict` accepts the released `llava_qwen` config (Qwen2 fields, beacon_* keys, mm_* keys)
+and rejects what vxl cannot run with a clear message instead of computing something else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+IMAGE_TOKEN_INDEX = -200
+SUPPORTED_BEACON_PARAMS = ("q", "k", "v", "o")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    torch_dtype: str | None = None
+    # Visual Summarization Tokens ("beacons")
+    beacon_window: int = 1440
+    beacon_stride: int = 1440
+    beacon_ratio: list[int] = field(default_factory=lambda: [2, 4, 8, 12, 16])
+    beacon_param: list[str] = field(default_factory=lambda: ["q", "k", "v"])
+    beacon_pos: str = "interleave"
+    beacon_attn: str = "full-coverage"
+    beacon_sink_size: int = 0
+    beacon_embed_init: str = "eos"
+    # multimodal
+    mm_vision_tower: str | None = None
+    mm_projector_type: str = "mlp2x_gelu"
+    mm_hidden_size: int | None = None
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"
+    mm_spatial_pool_stride: int = 2
+    mm_spatial_pool_mode: str = "average"
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def default_ratio(self) -> int:
+        """Ratio used when a request gives none: the largest trained one (the paper's inference choice)."""
+        ratios = self.beacon_ratio if isinstance(self.beacon_ratio, list) else [self.beacon_ratio]
+        return int(max(ratios))
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        if self.eos_token_id is None:
+            return []
+        return list(self.eos_token_id) if isinstance(self.eos_token_id, (list, tuple)) else [self.eos_token_id]
+
+    def bytes_per_token(self, dtype_size: int) -> int:
+        """Bytes of kept K and V per token over all layers (DESIGN section 3)."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_size
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        cfg = cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str) -> "ModelConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **d, "model_type": "llava_qwen"}
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if isinstance(self.beacon_ratio, int):
+            self.beacon_ratio = [self.beacon_ratio]
+        unknown = [p for p in self.beacon_param if p not in SUPPORTED_BEACON_PARAMS]
+        if unknown:
+            raise ValueError(f"beacon_param entries {unknown} are not supported (supported: {SUPPORTED_BEACON_PARAMS})")
+        if self.beacon_pos != "interleave":
+            raise ValueError(f"beacon_pos={self.beacon_pos!r} is not supported; Video-XL uses 'interleave'")
+        if self.beacon_window <= 0:
+            raise ValueError("beacon_window must be positive")
+        if self.beacon_stride != self.beacon_window:
+            raise ValueError("beacon_stride != beacon_window (overlapping windows) is not supported")
+        if self.beacon_sink_size != 0:
+            raise ValueError("beacon_sink_size != 0 is not supported")
+        if self.mm_vision_tower is not None:
+            if self.mm_projector_type != "mlp2x_gelu":
+                raise ValueError(f"mm_projector_type={self.mm_projector_type!r} is not supported (mlp2x_gelu only)")
+            if self.mm_vision_select_feature != "patch":
+                raise ValueError("mm_vision_select_feature must be 'patch'")
+            if self.mm_spatial_pool_mode != "average":
+                raise ValueError("mm_spatial_pool_mode must be 'average'")
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings chosen by the user of `vxl.LLM` (not stored in checkpoints)."""
+    device: str
+    dtype: str
+    attention_backend: str
+    page_size: int = 16
+    num_pages: int | None = None          # None: sized from kv_cache_bytes
+    kv_cache_bytes: int = 256 * 2**20
+    max_batch_tokens: int = 8192          # token budget of one packed forward
+    text_chunk_size: int | None = None    # None: the model's beacon_window
+
+    def validate(self) -> None:
+        if self.attention_backend not in ("torch", "triton"):
+            raise ValueError(f"attention_backend must be 'torch' or 'triton', not {self.attention_backend!r}")
+        if self.page_size <= 0:
+            raise ValueError("page_size must be positive")
+        if self.num_pages is not None and self.num_pages <= 0:
+            raise ValueError("num_pages must be positive")
+        if self.max_batch_tokens <= 0:
+            raise ValueError("max_batch_tokens must be positive")
+
+
+def resolve_path(base_dir: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(base_dir, path)

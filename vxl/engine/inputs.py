@@ -1,0 +1,140 @@
+"""Request validation and preparation: prompt token ids with the video placeholder, the compression ratio,
+and the visual token supplier (precomputed embeddings or a streamed video). Every problem is a
+`RequestError` naming it, which fails that request only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vxl.config import IMAGE_TOKEN_INDEX, ModelConfig
+from vxl.engine.request import Request
+from vxl.engine.sampler import SamplingParams
+from vxl.engine.visual import EmbedsTokens, VideoTokens
+from vxl.engine.vst import count_vst
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class RequestError(ValueError):
+    pass
+
+
+@dataclass
+class PreparedRequest:
+    request_id: str
+    prompt_ids: list[int]
+    placeholder_idx: int | None
+    visual: object | None
+    ratio: int
+
+    def max_kept_tokens(self, cfg: ModelConfig, params: SamplingParams) -> int:
+        text = len(self.prompt_ids) - (self.placeholder_idx is not None)
+        vst = count_vst(self.visual.num_tokens, cfg.beacon_window, self.ratio) if self.visual is not None else 0
+        return text + vst + params.max_tokens
+
+
+def chat_prompt(question: str, with_visual: bool) -> tuple[str, str | None]:
+    """Qwen chat template; returns the text before and after <image> (after is None without video)."""
+    user = f"{IMAGE_PLACEHOLDER}\n{question}" if with_visual else question
+    text = (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+    if not with_visual:
+        return text, None
+    before, after = text.split(IMAGE_PLACEHOLDER, 1)
+    return before, after
+
+
+def prompt_ids_from_text(tokenizer, question: str, with_visual: bool) -> list[int]:
+    if tokenizer is None:
+        raise RequestError("this model has no tokenizer files: give prompt_token_ids instead of prompt")
+    if not isinstance(question, str):
+        raise RequestError(f"prompt must be a str, not {type(question).__name__}")
+    if IMAGE_PLACEHOLDER in question:
+        raise RequestError(f"prompt must not contain {IMAGE_PLACEHOLDER!r}: the video placeholder is added by the "
+                           "chat template (two placeholders)")
+    before, after = chat_prompt(question, with_visual)
+    ids = tokenizer.encode(before, add_special_tokens=False)
+    if after is not None:
+        ids = ids + [IMAGE_TOKEN_INDEX] + tokenizer.encode(after, add_special_tokens=False)
+    return ids
+
+
+def check_token_ids(ids, vocab_size: int) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    try:
+        ids = [int(t) for t in ids]
+    except (TypeError, ValueError):
+        raise RequestError("prompt_token_ids must be a list of ints") from None
+    bad = [t for t in ids if t != IMAGE_TOKEN_INDEX and not 0 <= t < vocab_size]
+    if bad:
+        raise RequestError(f"prompt_token_ids has ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+    if ids.count(IMAGE_TOKEN_INDEX) > 1:
+        raise RequestError(f"prompt_token_ids has {ids.count(IMAGE_TOKEN_INDEX)} video placeholders "
+                           f"({IMAGE_TOKEN_INDEX}); at most one is allowed")
+    return ids
+
+
+def check_ratio(ratio) -> int:
+    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
+        raise RequestError(f"compression_ratio must be an int >= 1, got {ratio!r}")
+    return ratio
+
+
+def visual_from_embeds(embeds, hidden: int, device, dtype) -> EmbedsTokens:
+    if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
+        raise RequestError("visual_embeds must be a float tensor [N, hidden]")
+    if embeds.dim() != 2 or embeds.shape[1] != hidden or embeds.shape[0] == 0:
+        raise RequestError(f"visual_embeds must have shape [N >= 1, {hidden}], got {list(embeds.shape)}")
+    if not torch.isfinite(embeds).all():
+        raise RequestError("visual_embeds contains NaN or infinite values")
+    return EmbedsTokens(embeds.to(device=device, dtype=dtype))
+
+
+def visual_from_video(llm, video, num_frames) -> VideoTokens:
+    if not llm.model.has_vision:
+        raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise RequestError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    from vxl.engine.video import open_video
+    try:
+        source = open_video(video, num_frames)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)
+    return VideoTokens(source, llm.model, llm.loaded.image_processor, llm.device, frames_per_window)
+
+
+def prepare_request(llm, req: Request) -> PreparedRequest:
+    cfg = llm.config
+    rid = str(req.request_id) if req.request_id is not None else None
+    if req.video_memory is not None:
+        raise RequestError("video_memory requests are not supported yet")
+    sources = [n for n in ("video", "visual_embeds") if getattr(req, n) is not None]
+    if len(sources) > 1:
+        raise RequestError("give either video or visual_embeds, not both")
+    if (req.prompt is None) == (req.prompt_token_ids is None):
+        raise RequestError("give exactly one of prompt and prompt_token_ids")
+    if req.prompt is not None:
+        ids = prompt_ids_from_text(llm.tokenizer, req.prompt, bool(sources))
+    else:
+        ids = check_token_ids(req.prompt_token_ids, cfg.vocab_size)
+    if not ids:
+        raise RequestError("the prompt is empty")
+    placeholder = ids.index(IMAGE_TOKEN_INDEX) if IMAGE_TOKEN_INDEX in ids else None
+    if placeholder is not None and not sources:
+        raise RequestError("the prompt has a video placeholder but the request gives no video or visual_embeds")
+    if placeholder is None and sources:
+        raise RequestError(f"the request gives {sources[0]} but prompt_token_ids has no placeholder ({IMAGE_TOKEN_INDEX})")
+    if placeholder is not None and placeholder == len(ids) - 1:
+        raise RequestError("the prompt needs at least one token after the video placeholder")
+    ratio = check_ratio(req.compression_ratio if req.compression_ratio is not None else cfg.default_ratio)
+    visual = None
+    if req.visual_embeds is not None:
+        visual = visual_from_embeds(req.visual_embeds, cfg.hidden_size, llm.device, llm.dtype)
+    elif req.video is not None:
+        visual = visual_from_video(llm, req.video, req.num_frames)
+    return PreparedRequest(rid, ids, placeholder, visual, ratio)

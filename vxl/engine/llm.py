@@ -1,0 +1,175 @@
+"""`vxl.LLM`: the public engine API (DESIGN section 5): load a model, run batches of requests."""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from vxl.config import EngineConfig
+from vxl.engine.block_manager import BlockManager, BlockTable
+from vxl.engine.inputs import RequestError, prepare_request
+from vxl.engine.request import Request, RequestOutput
+from vxl.engine.runner import ModelRunner
+from vxl.engine.sampler import SamplingParams, sample_token
+from vxl.engine.scheduler import Scheduler
+from vxl.engine.sequence import Sequence
+from vxl.kernels import get_backend
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a matching torch.dtype, not {dtype!r}")
+
+
+class LLM:
+    """Video-XL inference engine.
+
+    model: "tiny" (built-in random model, CPU-friendly; its answers are meaningless) or a checkpoint
+    directory in the official layout. device/dtype/attention_backend default to cuda/bfloat16/triton
+    when CUDA is available, else cpu/float32/torch. Engine knobs: page_size, num_pages or
+    kv_cache_bytes (size of the page pool), max_batch_tokens (rows per packed forward), text_chunk_size.
+    """
+
+    def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
+                 page_size: int = 16, num_pages: int | None = None, kv_cache_bytes: int | None = None,
+                 max_batch_tokens: int = 8192, text_chunk_size: int | None = None, seed: int = 0):
+        if not isinstance(model, str):
+            raise TypeError(f"model must be 'tiny' or a checkpoint directory path, not {type(model).__name__}")
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = resolve_dtype(dtype, self.device)
+        backend = attention_backend or ("triton" if self.device.type == "cuda" else "torch")
+        self.engine_config = EngineConfig(str(self.device), str(self.dtype), backend, page_size, num_pages,
+                                          kv_cache_bytes or 0, max_batch_tokens, text_chunk_size)
+        self.engine_config.validate()
+        self.ops = get_backend(backend)
+        self.loaded = self._load(model, seed)
+        self.model, self.config, self.tokenizer = self.loaded.model, self.loaded.config, self.loaded.tokenizer
+        self.bytes_per_token = self.config.bytes_per_token(torch.tensor([], dtype=self.dtype).element_size())
+        if num_pages is None:
+            num_pages = max(1, self._kv_budget(kv_cache_bytes) // (page_size * self.bytes_per_token))
+        self.block_manager = BlockManager(num_pages, page_size)
+        self.runner = ModelRunner(self.model, self.ops, num_pages, page_size, self.dtype, self.device)
+        self.seed = seed
+
+    def _load(self, model: str, seed: int):
+        if model == "tiny":
+            from vxl.model.tiny import build_tiny
+            return build_tiny(self.device, self.dtype, seed=seed)
+        from vxl.model.loader import load_checkpoint
+        return load_checkpoint(model, self.device, self.dtype)
+
+    def _kv_budget(self, kv_cache_bytes: int | None) -> int:
+        if kv_cache_bytes is not None:
+            return kv_cache_bytes
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * 0.5)
+        return 256 * 2**20
+
+    def kv_cache_usage(self) -> dict:
+        bm = self.block_manager
+        return {"num_pages": bm.num_pages, "num_free_pages": bm.num_free_pages, "num_used_pages":
+                bm.num_pages - bm.num_free_pages, "page_size": bm.page_size, "bytes_per_token": self.bytes_per_token,
+                "total_bytes": bm.num_pages * bm.page_size * self.bytes_per_token}
+
+    def _new_sequence(self, index: int, request: Request, params: SamplingParams) -> tuple[Sequence, int]:
+        prep = prepare_request(self, request)
+        generator = None
+        if not params.is_greedy:
+            generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.seed + index)
+        table = BlockTable(self.block_manager)
+        window = self.config.beacon_window
+        rid = prep.request_id if prep.request_id is not None else str(index)
+        seq = Sequence(index, rid, prep.prompt_ids, prep.placeholder_idx, prep.visual, prep.ratio,
+                       params, table, self.model, window, self.engine_config.text_chunk_size or window, generator)
+        return seq, prep.max_kept_tokens(self.config, params)
+
+    def generate(self, requests, sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Run every request to completion; outputs are returned in request order. A bad request ends
+        with finish_reason="error" and a message; the other requests are unaffected."""
+        if isinstance(requests, (dict, str, Request)):
+            requests = [requests]
+        requests = list(requests)
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        params = list(params) if isinstance(params, (list, tuple)) else [params] * len(requests)
+        if len(params) != len(requests):
+            raise ValueError(f"{len(params)} sampling params for {len(requests)} requests")
+        scheduler = Scheduler(self.block_manager, self.engine_config.max_batch_tokens)
+        outputs: list[RequestOutput | None] = [None] * len(requests)
+        seqs: list[Sequence] = []
+        for i, (req, p) in enumerate(zip(requests, params)):
+            try:
+                seq, max_kept = self._new_sequence(i, Request.from_any(req), p)
+            except (RequestError, ValueError, TypeError) as exc:
+                rid = req.get("request_id") if isinstance(req, dict) else getattr(req, "request_id", None)
+                outputs[i] = RequestOutput(str(rid if rid is not None else i), finish_reason="error", error=str(exc))
+                continue
+            seqs.append(seq)
+            scheduler.add(seq, max_kept)
+        bar = tqdm(total=len(requests), desc="requests", disable=not use_tqdm)
+        bar.update(sum(o is not None for o in outputs))
+        try:
+            with torch.inference_mode():
+                self._run(scheduler, seqs, outputs, bar)
+        finally:
+            for seq in seqs:        # nothing survives a call: every page returns to the pool
+                seq.release()
+            bar.close()
+        return outputs
+
+    def _run(self, scheduler: Scheduler, seqs: list[Sequence], outputs: list, bar) -> None:
+        for seq in seqs:
+            if seq.is_finished:     # rejected at admission
+                outputs[seq.index] = self._output(seq)
+                bar.update(1)
+        while scheduler.has_work:
+            chunks, failed = scheduler.schedule()
+            for seq, exc in failed:
+                seq.fail(f"{type(exc).__name__}: {exc}")
+            t0 = time.perf_counter()
+            logits = self.runner.run(chunks) if chunks else None
+            elapsed = time.perf_counter() - t0
+            row = 0
+            for chunk in chunks:
+                stage = "decode" if chunk.kind == "decode" else "prefill"
+                chunk.seq.seconds[stage] = chunk.seq.seconds.get(stage, 0.0) + elapsed
+                if chunk.sample:
+                    token, lp = sample_token(logits[row], chunk.seq.params, chunk.seq.generator)
+                    chunk.seq.append_token(token, lp, self.loaded.eos_token_ids)
+                    row += 1
+            for seq in list(scheduler.running):
+                if seq.is_finished:
+                    scheduler.finish(seq)
+                    seq.release()
+                    outputs[seq.index] = self._output(seq)
+                    bar.update(1)
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        ids = seq.output_ids
+        text = ""
+        if self.tokenizer is not None and ids:
+            shown = ids[:-1] if seq.finish_reason == "stop" else ids
+            text = self.tokenizer.decode(shown, skip_special_tokens=True)
+        visual = seq.visual
+        seconds = dict(seq.seconds)
+        if visual is not None:
+            seconds.update(visual.seconds)
+        num_kept = seq.num_kept_after_prefill or 0
+        metrics = {"num_frames": getattr(visual, "num_frames", None) or 0,
+                   "num_visual_tokens": visual.num_tokens if visual is not None else 0,
+                   "num_vst_tokens": seq.num_vst, "num_kept_tokens": num_kept,
+                   "kept_kv_bytes": num_kept * self.bytes_per_token, "compression_ratio": seq.ratio,
+                   "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),
+                   "seconds": seconds}
+        return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason,
+                             seq.error, metrics)

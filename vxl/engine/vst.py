@@ -1,0 +1,37 @@
+"""The VST interleave rule of Video-XL (DESIGN section 1, step 2): window lengths over a visual span
+and, per window, which slots are VSTs.
+
+    r = 4, rem = 0, L = 10:   slots  R R R R V R R R R V R R     (nb = 2, rem' = 2)
+    r = 4, rem = 2, L = 6:    slots  R R V R R R R V             (nb = 2, rem' = 0)
+"""
+from __future__ import annotations
+
+import torch
+
+
+def window_lengths(num_visual: int, window: int) -> list[int]:
+    """Consecutive windows of `window` raw tokens; the last one is cut at the span's end."""
+    return [min(window, num_visual - start) for start in range(0, num_visual, window)]
+
+
+def interleave(num_raw: int, ratio: int, rem: int) -> tuple[torch.Tensor, int]:
+    """is_vst [num_raw + nb] (bool) for one window, and the remainder carried to the next window.
+
+    nb = (num_raw + rem) // ratio VSTs; slot j is a VST iff j % (ratio + 1) == ratio - rem.
+    """
+    if ratio < 1:
+        raise ValueError(f"compression ratio must be >= 1, got {ratio}")
+    num_vst = (num_raw + rem) // ratio
+    slots = torch.arange(num_raw + num_vst)
+    is_vst = slots % (ratio + 1) == ratio - rem
+    assert int(is_vst.sum()) == num_vst, (num_raw, ratio, rem)
+    return is_vst, (num_raw + rem) % ratio
+
+
+def count_vst(num_visual: int, window: int, ratio: int) -> int:
+    """VSTs kept after a whole visual span (sum of nb over its windows)."""
+    total, rem = 0, 0
+    for length in window_lengths(num_visual, window):
+        total += (length + rem) // ratio
+        rem = (length + rem) % ratio
+    return total

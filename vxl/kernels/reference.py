@@ -1,0 +1,149 @@
+"""Pure-PyTorch specification of every vxl kernel: the `torch` backend, and the reference of the tests.
+
+Each function has the same signature as its Triton launcher. Shapes use T = packed tokens of a step,
+B = sequences in the step, H = hidden size, nh / nkv = query / KV heads, hd = head dim.
+Paged KV cache (one layer): k_cache, v_cache [num_pages, page_size, nkv, hd], K stored after RoPE at
+the entry's kept position. A sequence's block table row lists its page ids; entry i lives in page
+block_table[i // page_size] at offset i % page_size; the flat slot id is page * page_size + offset.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen2 RMSNorm: normalise in float32, cast back, then scale (same rounding order as HF)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, hd] in float32 for integer positions [T] (Qwen2 / NeoX half-split layout)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate x [T, heads, hd] by its row's position. cos/sin are cast to x's dtype first, as HF does."""
+    cos, sin = rope_cos_sin(positions, x.shape[-1], theta)
+    cos, sin = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def typed_qkv_rope(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                   w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
+                   w_qkv_vst: torch.Tensor, b_qkv_vst: torch.Tensor | None,
+                   is_vst: torch.Tensor, positions: torch.Tensor,
+                   kept_positions: torch.Tensor, slot_mapping: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   num_heads: int, num_kv_heads: int, rope_theta: float,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RMSNorm -> per-row typed QKV projection -> RoPE; kept rows also written to the paged cache.
+
+    hidden [T, H]; w_qkv, w_qkv_vst [(nh + 2 nkv) hd, H] (q rows, then k, then v); biases [(nh+2nkv) hd].
+    is_vst [T] bool: row uses the VST ("beacon") weights, else the ordinary ones (each row does one GEMV).
+    positions [T]: the row's RoPE position for this step's attention.
+    slot_mapping [T] int: flat cache slot of a kept row, -1 for a row that is not kept (raw visual).
+    kept_positions [T]: the position a kept row's K is rotated to in the cache (its kept index).
+    Returns q [T, nh, hd], k [T, nkv, hd] (rotated at `positions`), v [T, nkv, hd].
+    Writes in place: k_cache/v_cache at slot_mapping >= 0 (K rotated at kept_positions).
+    """
+    hd = w_qkv.shape[0] // (num_heads + 2 * num_kv_heads)
+    x = rms_norm(hidden, norm_weight, eps)
+    out = torch.empty(x.shape[0], w_qkv.shape[0], dtype=x.dtype, device=x.device)
+    vst_idx = is_vst.nonzero().squeeze(1)
+    raw_idx = (~is_vst).nonzero().squeeze(1)
+    out[raw_idx] = F.linear(x[raw_idx], w_qkv, b_qkv)
+    out[vst_idx] = F.linear(x[vst_idx], w_qkv_vst, b_qkv_vst)
+    q, k_pre, v = out.split([num_heads * hd, num_kv_heads * hd, num_kv_heads * hd], dim=-1)
+    q = apply_rope(q.reshape(-1, num_heads, hd), positions, rope_theta)
+    k_pre = k_pre.reshape(-1, num_kv_heads, hd)
+    v = v.reshape(-1, num_kv_heads, hd)
+    k = apply_rope(k_pre, positions, rope_theta)
+    keep = (slot_mapping >= 0).nonzero().squeeze(1)
+    if keep.numel():
+        store_kv(apply_rope(k_pre[keep], kept_positions[keep], rope_theta), v[keep], k_cache, v_cache,
+                 slot_mapping[keep])
+    return q, k, v
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write k, v [n, nkv, hd] to flat slots [n] of the paged caches (in place)."""
+    page_size = k_cache.shape[1]
+    pages, offsets = slot_mapping // page_size, slot_mapping % page_size
+    k_cache[pages, offsets] = k.to(k_cache.dtype)
+    v_cache[pages, offsets] = v.to(v_cache.dtype)
+
+
+def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+              length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `length` kept entries of one sequence: k, v [length, nkv, hd]."""
+    page_size = k_cache.shape[1]
+    idx = torch.arange(length, device=k_cache.device)
+    pages = block_table[idx // page_size].long()
+    return k_cache[pages, idx % page_size], v_cache[pages, idx % page_size]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [n, nh, hd], k/v [m, nkv, hd], mask [n, m] bool (True = visible); softmax in float32."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scores = torch.einsum("nhd,mhd->hnm", q.float(), k.float()) * scale
+    scores = scores.masked_fill(~mask[None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    return torch.einsum("hnm,mhd->nhd", probs.float(), v.float()).to(q.dtype)
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     block_tables: torch.Tensor, kept_lens: torch.Tensor, cu_seqlens: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """Attention of packed chunks over [their sequence's kept pages ; the chunk itself, causally].
+
+    q [T, nh, hd]; k, v [T, nkv, hd] (the chunks' own keys/values, work buffer); cu_seqlens [B+1];
+    block_tables [B, max_pages]; kept_lens [B] (kept entries each chunk sees; all fully visible).
+    Mask of a chunk of 3 slots with 2 kept entries (rows: chunk slots; columns: kept | chunk):
+        1 1 | 1 0 0
+        1 1 | 1 1 0
+        1 1 | 1 1 1
+    Returns out [T, nh, hd] in q's dtype. Reads the cache only; writes nothing.
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty_like(q)
+    for b in range(len(cu_seqlens) - 1):
+        s, e = int(cu_seqlens[b]), int(cu_seqlens[b + 1])
+        n, m = e - s, int(kept_lens[b])
+        k_kept, v_kept = gather_kv(k_cache, v_cache, block_tables[b], m)
+        keys = torch.cat([k_kept.to(k.dtype), k[s:e]])
+        values = torch.cat([v_kept.to(v.dtype), v[s:e]])
+        mask = torch.ones(n, m + n, dtype=torch.bool, device=q.device)
+        mask[:, m:] = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        out[s:e] = _attend(q[s:e], keys, values, mask, scale)
+    return out
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """One query per sequence over all its kept entries (the new token's K/V already stored).
+
+    q [B, nh, hd]; seq_lens [B] (entries to attend, >= 1). Returns out [B, nh, hd] in q's dtype.
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty_like(q)
+    for b in range(q.shape[0]):
+        m = int(seq_lens[b])
+        keys, values = gather_kv(k_cache, v_cache, block_tables[b], m)
+        mask = torch.ones(1, m, dtype=torch.bool, device=q.device)
+        out[b:b + 1] = _attend(q[b:b + 1], keys.to(q.dtype), values.to(q.dtype), mask, scale)
+    return out

@@ -1,0 +1,183 @@
+"""Load a checkpoint directory in the official Video-XL layout (config.json, safetensors shard(s),
+optional tokenizer files, optional CLIP directory) into a `VideoXLForCausalLM`.
+
+Safetensors only: nothing is ever unpickled. Missing beacon weights are initialised the way the
+released code does (from the ordinary q/k/v/o, and the beacon embedding from the EOS embedding);
+any other missing, unexpected or wrongly shaped tensor is an error that names the key.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+
+from vxl.config import ModelConfig, resolve_path
+from vxl.model.video_llm import VideoXLForCausalLM
+
+CLIP_L_336 = "openai/clip-vit-large-patch14-336"
+VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# keys that official checkpoints may carry but the computation never reads
+IGNORED_KEY_PATTERNS = (r"\.rotary_emb\.inv_freq$", r"^model\.image_newline$")
+
+
+@dataclass
+class LoadedModel:
+    model: VideoXLForCausalLM
+    config: ModelConfig
+    tokenizer: object | None
+    image_processor: object | None      # vxl.engine.video.ImageProcessorConfig when the model has vision
+    eos_token_ids: list[int]
+    name: str
+
+
+def checkpoint_files(path: str) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(path, s) for s in shards]
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise ValueError(f"no *.safetensors weights in {path} (pickled .bin checkpoints are not loaded)")
+    return files
+
+
+def read_tensors(files: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(prefix):
+                    tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def resolve_vision(cfg: ModelConfig, path: str):
+    """(CLIPVisionConfig, ImageProcessorConfig, CLIP weights dir or None) for mm_vision_tower."""
+    from vxl.engine.video import ImageProcessorConfig
+    from vxl.model.clip_configs import clip_vit_large_patch14_336, load_clip_dir
+    name = cfg.mm_vision_tower
+    clip_dir = resolve_path(path, name)
+    if os.path.isdir(clip_dir):
+        clip_cfg, proc = load_clip_dir(clip_dir)
+        return clip_cfg, proc, clip_dir
+    if name.rstrip("/").endswith(CLIP_L_336):
+        return clip_vit_large_patch14_336(), ImageProcessorConfig.clip_vit_l_336(), None
+    raise ValueError(f"mm_vision_tower {name!r} is neither a directory (absolute or relative to {path}) "
+                     f"nor {CLIP_L_336!r}")
+
+
+def clip_dir_weights(clip_dir: str | None) -> dict[str, torch.Tensor]:
+    """A CLIP directory's own vision weights, renamed to the checkpoint's vision keys."""
+    if clip_dir is None or not glob.glob(os.path.join(clip_dir, "*.safetensors")):
+        return {}
+    out = {}
+    for key, t in read_tensors(checkpoint_files(clip_dir)).items():
+        m = re.match(r"^(?:vision_model\.)?(embeddings|pre_layrnorm|encoder|post_layernorm)\.(.*)$", key)
+        if m:
+            out[f"{VISION_PREFIX}{m.group(1)}.{m.group(2)}"] = t
+    return out
+
+
+def fill_missing_beacon(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Initialise absent beacon weights as the released code does; returns the keys it filled."""
+    filled = []
+    for i in range(cfg.num_hidden_layers):
+        base = f"model.layers.{i}.self_attn."
+        for p in cfg.beacon_param:
+            for suffix in ("weight", "bias"):
+                src, dst = f"{base}{p}_proj.{suffix}", f"{base}beacon_{p}_proj.{suffix}"
+                if dst not in tensors and src in tensors:
+                    tensors[dst] = tensors[src].clone()
+                    filled.append(dst)
+    key = "model.beacon_embed_tokens.weight"
+    if key not in tensors:
+        if cfg.beacon_embed_init != "eos" or not cfg.eos_token_ids:
+            raise ValueError(f"{key} is missing and cannot be initialised (beacon_embed_init="
+                             f"{cfg.beacon_embed_init!r}, eos_token_id={cfg.eos_token_id})")
+        tensors[key] = tensors["model.embed_tokens.weight"][cfg.eos_token_ids[0]][None].clone()
+        filled.append(key)
+    return filled
+
+
+def check_keys(model: torch.nn.Module, tensors: dict[str, torch.Tensor], num_clip_layers_used: int | None) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    for key in list(tensors):
+        if key in expected:
+            continue
+        m = re.match(re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.", key)
+        unused_clip_layer = m is not None and num_clip_layers_used is not None and int(m.group(1)) >= num_clip_layers_used
+        if unused_clip_layer or any(re.search(p, key) for p in IGNORED_KEY_PATTERNS):
+            del tensors[key]
+            continue
+        raise ValueError(f"unexpected tensor {key!r} {tuple(tensors[key].shape)} in the checkpoint")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+    for key, shape in expected.items():
+        if tensors[key].shape != shape:
+            raise ValueError(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}")
+
+
+def materialise(model: VideoXLForCausalLM, tensors: dict, device: torch.device, dtype: torch.dtype) -> None:
+    tensors = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
+               for k, v in tensors.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    if model.has_vision:   # the only non-persistent buffer: CLIP's position ids
+        emb = model.model.vision_tower.vision_tower.vision_model.embeddings
+        emb.position_ids = torch.arange(emb.num_positions, device=device).expand((1, -1))
+
+
+def load_tokenizer(path: str):
+    if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def eos_ids(cfg: ModelConfig, path: str, tokenizer) -> list[int]:
+    ids = list(cfg.eos_token_ids)
+    gen = os.path.join(path, "generation_config.json")
+    if os.path.exists(gen):
+        with open(gen) as f:
+            e = json.load(f).get("eos_token_id")
+        ids += e if isinstance(e, list) else ([e] if e is not None else [])
+    if tokenizer is not None:
+        for tok in (tokenizer.eos_token, "<|im_end|>"):
+            tid = tokenizer.convert_tokens_to_ids(tok) if tok else None
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                ids.append(tid)
+    return sorted(set(ids))
+
+
+def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    config_file = os.path.join(path, "config.json")
+    if not os.path.exists(config_file):
+        raise ValueError(f"{path} is not a checkpoint directory: no config.json")
+    with open(config_file) as f:
+        raw = json.load(f)
+    if raw.get("model_type") != "llava_qwen":
+        raise ValueError(f"{config_file}: model_type {raw.get('model_type')!r} is not 'llava_qwen'")
+    cfg = ModelConfig.from_dict(raw)
+    clip_cfg = proc = clip_dir = None
+    if cfg.mm_vision_tower:
+        clip_cfg, proc, clip_dir = resolve_vision(cfg, path)
+    with torch.device("meta"):
+        model = VideoXLForCausalLM(cfg, clip_cfg)
+    tensors = read_tensors(checkpoint_files(path))
+    if cfg.mm_vision_tower and not any(k.startswith(VISION_PREFIX) for k in tensors):
+        tensors.update(clip_dir_weights(clip_dir))
+    fill_missing_beacon(cfg, tensors)
+    used = model.model.vision_tower.num_layers_used if model.has_vision else None
+    check_keys(model, tensors, used)
+    materialise(model, tensors, device, dtype)
+    model.prepare()
+    model.eval()
+    tokenizer = load_tokenizer(path)
+    return LoadedModel(model, cfg, tokenizer, proc, eos_ids(cfg, path, tokenizer), os.path.abspath(path))
