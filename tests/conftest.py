@@ -10,3 +10,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))   # tests/helpers.py

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vxl",
+    version="0.1.0",
+    description="Triton-accelerated inference engine for Video-XL (hour-long video LLM with Visual Summarization Tokens)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["vxl", "vxl.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "triton>=3.0,<3.10",
+        "transformers>=4.44,<6",
+        "safetensors>=0.4",
+        "tokenizers>=0.19",
+        "decord>=0.6,<0.7",
+        "nvtx>=0.2",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "av>=11", "pillow>=9"],
+        "bench": ["matplotlib>=3.6", "pytest-benchmark>=4"],
+    },
+    entry_points={"console_scripts": ["vxl=vxl.cli:main"]},
+)

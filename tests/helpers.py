@@ -1,0 +1,38 @@
+"""Shared test helpers: tiny random Video-XL configs and models, written to official-layout directories."""
+from __future__ import annotations
+
+import torch
+
+from vxl.config import ModelConfig
+from vxl.model.loader import LoadedModel
+from vxl.model.tiny import save_checkpoint
+from vxl.model.video_llm import VideoXLForCausalLM
+
+
+def small_config(**overrides) -> ModelConfig:
+    d = dict(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+             intermediate_size=80, rope_theta=1e4, rms_norm_eps=1e-6, eos_token_id=1, beacon_window=24,
+             beacon_stride=24, beacon_ratio=[2, 4, 8, 12, 16], beacon_param=["q", "k", "v"])
+    d.update(overrides)
+    return ModelConfig.from_dict(d)
+
+
+def random_model(cfg: ModelConfig, seed: int, clip_config=None) -> VideoXLForCausalLM:
+    """Random weights of realistic scale; beacon weights differ from the ordinary ones."""
+    gen = torch.Generator().manual_seed(seed)
+    model = VideoXLForCausalLM(cfg, clip_config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.6 if "embed" in name else 0.15))
+    model.prepare()
+    return model.eval()
+
+
+def write_checkpoint(path, cfg: ModelConfig, seed: int = 0, num_shards: int = 1, drop=()) -> VideoXLForCausalLM:
+    model = random_model(cfg, seed)
+    save_checkpoint(LoadedModel(model, cfg, None, None, cfg.eos_token_ids, "test"), str(path),
+                    num_shards=num_shards, drop=tuple(drop))
+    return model
