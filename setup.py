@@ -18,6 +18,7 @@ setup(
         "nvtx>=0.2",
         "tqdm>=4.60",
         "numpy>=1.24",
+        "av>=11",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "av>=11", "pillow>=9"],

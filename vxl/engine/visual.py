@@ -33,7 +33,7 @@ class VideoTokens:
     """Frames of a video source -> preprocess -> CLIP -> projector -> pool, on demand, in time order."""
 
     def __init__(self, source, model, image_processor, device: torch.device, frames_per_chunk: int):
-        from vxl.engine.video import preprocess_frames
+        from vxl.engine.preprocess import preprocess_frames
         self._preprocess = preprocess_frames
         self.source, self.model, self.processor, self.device = source, model, image_processor, device
         self.tokens_per_frame = model.tokens_per_frame

@@ -60,7 +60,7 @@ def read_tensors(files: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
 
 def resolve_vision(cfg: ModelConfig, path: str):
     """(CLIPVisionConfig, ImageProcessorConfig, CLIP weights dir or None) for mm_vision_tower."""
-    from vxl.engine.video import ImageProcessorConfig
+    from vxl.engine.preprocess import ImageProcessorConfig
     from vxl.model.clip_configs import clip_vit_large_patch14_336, load_clip_dir
     name = cfg.mm_vision_tower
     clip_dir = resolve_path(path, name)

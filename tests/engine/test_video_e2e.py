@@ -1,0 +1,94 @@
+"""End to end on the built-in tiny model with real video files: CLI, streaming, failure isolation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vxl import LLM, SamplingParams
+from vxl.cli import main, write_demo_video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_demo_video(str(tmp_path_factory.mktemp("v") / "clip.mp4"), num_frames=40, height=72, width=96)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LLM("tiny", device="cpu")
+
+
+def test_video_file_and_same_frames_as_array_agree(llm, video):
+    import decord
+    frames = decord.VideoReader(video).get_batch(list(range(40))).asnumpy()
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    a, b = llm.generate([{"prompt": "Describe.", "video": video, "num_frames": 40},
+                         {"prompt": "Describe.", "video": frames}], params, use_tqdm=False)
+    assert a.error is None and b.error is None
+    assert a.token_ids == b.token_ids
+    tpf = llm.model.tokens_per_frame
+    assert a.metrics["num_frames"] == 40 and a.metrics["num_visual_tokens"] == 40 * tpf
+    assert a.metrics["num_vst_tokens"] == 40 * tpf // 16
+    assert {"vision", "decode_video", "prefill", "decode"} <= set(a.metrics["seconds"])
+
+
+def test_frames_are_encoded_window_by_window(llm, video):
+    sizes = []
+    original = llm.model.encode_frames
+
+    def recording(pixels):
+        sizes.append(pixels.shape[0])
+        return original(pixels)
+    llm.model.encode_frames = recording
+    try:
+        out = llm.generate({"prompt": "Q", "video": video, "num_frames": 40}, SamplingParams(max_tokens=1),
+                           use_tqdm=False)[0]
+    finally:
+        del llm.model.encode_frames
+    frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)
+    assert out.error is None and sum(sizes) == 40 and max(sizes) <= frames_per_window and len(sizes) > 1
+
+
+def test_bad_videos_fail_alone(llm, video, tmp_path):
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video")
+    reqs = [{"prompt": "Q", "video": video, "num_frames": 8},
+            {"prompt": "Q", "video": str(tmp_path / "missing.mp4")},
+            {"prompt": "Q", "video": str(not_video)},
+            {"prompt": "Q", "video": np.zeros((0, 32, 32, 3), dtype=np.uint8)},
+            {"prompt": "Q", "video": np.zeros((4, 32, 32, 3), dtype=np.float32)},
+            {"prompt": "Q", "video": video, "compression_ratio": 0},
+            {"prompt": "Q", "video": video, "num_frames": 0},
+            {"prompt": "Q <image> twice", "video": video},
+            {"prompt": "Q", "video": video, "num_frames": 8}]
+    outs = llm.generate(reqs, SamplingParams(max_tokens=3, ignore_eos=True), use_tqdm=False)
+    assert [o.finish_reason == "error" for o in outs] == [False] + [True] * 7 + [False]
+    for o in outs[1:-1]:
+        assert o.error and len(o.error) > 10
+    assert "missing.mp4" in outs[1].error or "exist" in outs[1].error
+    assert outs[0].token_ids == outs[-1].token_ids
+    usage = llm.kv_cache_usage()
+    assert usage["num_free_pages"] == usage["num_pages"]
+
+
+def test_cli_generate_and_demo(video, capsys):
+    assert main(["generate", video, "--prompt", "What moves?", "--max-tokens", "4", "--num-frames", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "frames=20" in out and "vst_kept=" in out and "kept_kv=" in out
+    assert main(["generate", video, "--prompt", "Q", "--max-tokens", "3", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["finish_reason"] in ("stop", "length") and record["metrics"]["num_frames"] == 40
+    assert main(["demo", "--max-tokens", "3"]) == 0
+    assert "frames=96" in capsys.readouterr().out
+    assert main(["generate", video + ".missing", "--prompt", "Q"]) == 1
+
+
+def test_uint8_tensor_input_and_text_only(llm):
+    frames = torch.randint(0, 256, (12, 50, 70, 3), dtype=torch.uint8)
+    outs = llm.generate([{"prompt": "Q", "video": frames, "num_frames": 7}, {"prompt": "Just text"}],
+                        SamplingParams(max_tokens=2), use_tqdm=False)
+    assert outs[0].error is None and outs[0].metrics["num_frames"] == 7
+    assert outs[1].error is None and outs[1].metrics["num_frames"] == 0
