@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 
 IMAGE_TOKEN_INDEX = -200
@@ -134,6 +133,3 @@ class EngineConfig:
         if self.max_batch_tokens <= 0:
             raise ValueError("max_batch_tokens must be positive")
 
-
-def resolve_path(base_dir: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(base_dir, path)

@@ -104,3 +104,24 @@ def test_loads_in_half_precision(tmp_path):
     w = loaded.model.layers[0].self_attn.q_proj.weight
     assert w.dtype == torch.float16
     assert torch.equal(w, model.model.layers[0].self_attn.q_proj.weight.half())
+
+
+def test_tiny_with_vision_and_tokenizer_round_trips(tmp_path):
+    """The built-in model saved in the official layout (CLIP dir, tokenizer) answers exactly like itself,
+    also when the vision weights come from the CLIP directory instead of the checkpoint."""
+    from vxl import LLM, SamplingParams
+    from vxl.model.loader import VISION_PREFIX
+    from vxl.model.tiny import build_tiny, save_checkpoint
+    tiny = build_tiny(CPU, torch.float32, seed=0)
+    save_checkpoint(tiny, str(tmp_path / "a"), num_shards=2)
+    vision = {k: v for k, v in tiny.model.state_dict().items() if k.startswith(VISION_PREFIX)}
+    save_checkpoint(tiny, str(tmp_path / "b"), drop=tuple(vision))
+    save_file({"vision_model." + k[len(VISION_PREFIX):]: v.contiguous() for k, v in vision.items()},
+              tmp_path / "b" / "clip" / "model.safetensors")
+    frames = torch.randint(0, 256, (9, 40, 52, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    req = {"prompt": "What is shown?", "video": frames, "compression_ratio": 2}
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    expected = LLM("tiny", device="cpu").generate([req], params, use_tqdm=False)[0]
+    for name in ("a", "b"):
+        got = LLM(str(tmp_path / name), device="cpu").generate([req], params, use_tqdm=False)[0]
+        assert got.error is None and got.token_ids == expected.token_ids and got.text == expected.text

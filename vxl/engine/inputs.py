@@ -29,11 +29,44 @@ class PreparedRequest:
     placeholder_idx: int | None
     visual: object | None
     ratio: int
+    memory: object | None = None
 
     def max_kept_tokens(self, cfg: ModelConfig, params: SamplingParams) -> int:
+        if self.memory is not None:     # new entries: the partial last page, the suffix, the answer
+            suffix = len(self.prompt_ids) - self.placeholder_idx - 1
+            return self.memory.num_kept % self.memory.table.manager.page_size + suffix + params.max_tokens
         text = len(self.prompt_ids) - (self.placeholder_idx is not None)
         vst = count_vst(self.visual.num_tokens, cfg.beacon_window, self.ratio) if self.visual is not None else 0
         return text + vst + params.max_tokens
+
+
+class MemoryVisual:
+    """Metrics view of a request answered from a VideoMemory (no frames are decoded)."""
+
+    def __init__(self, memory):
+        self.num_frames, self.num_tokens, self.seconds = memory.num_frames, memory.num_visual_tokens, {}
+
+    def close(self) -> None:
+        pass
+
+
+def memory_request(llm, req: Request, ids: list[int], placeholder: int | None) -> PreparedRequest:
+    from vxl.engine.video_memory import VideoMemory
+    mem = req.video_memory
+    if not isinstance(mem, VideoMemory):
+        raise RequestError(f"video_memory must be a vxl VideoMemory, not {type(mem).__name__}")
+    if placeholder is None:
+        raise RequestError(f"a video_memory request needs the video placeholder ({IMAGE_TOKEN_INDEX}) in its prompt")
+    if ids[:placeholder] != mem.prefix_token_ids:
+        raise RequestError("the prompt before the video differs from the one this video memory was encoded with")
+    if req.compression_ratio is not None and req.compression_ratio != mem.ratio:
+        raise RequestError(f"compression_ratio {req.compression_ratio} differs from the video memory's ({mem.ratio})")
+    try:
+        mem.bind(llm)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    rid = str(req.request_id) if req.request_id is not None else None
+    return PreparedRequest(rid, ids, placeholder, MemoryVisual(mem), mem.ratio, mem)
 
 
 def chat_prompt(question: str, with_visual: bool) -> tuple[str, str | None]:
@@ -111,11 +144,9 @@ def visual_from_video(llm, video, num_frames) -> VideoTokens:
 def prepare_request(llm, req: Request) -> PreparedRequest:
     cfg = llm.config
     rid = str(req.request_id) if req.request_id is not None else None
-    if req.video_memory is not None:
-        raise RequestError("video_memory requests are not supported yet")
-    sources = [n for n in ("video", "visual_embeds") if getattr(req, n) is not None]
+    sources = [n for n in ("video", "visual_embeds", "video_memory") if getattr(req, n) is not None]
     if len(sources) > 1:
-        raise RequestError("give either video or visual_embeds, not both")
+        raise RequestError(f"give one of video, visual_embeds and video_memory, not {' and '.join(sources)}")
     if (req.prompt is None) == (req.prompt_token_ids is None):
         raise RequestError("give exactly one of prompt and prompt_token_ids")
     if req.prompt is not None:
@@ -131,6 +162,8 @@ def prepare_request(llm, req: Request) -> PreparedRequest:
         raise RequestError(f"the request gives {sources[0]} but prompt_token_ids has no placeholder ({IMAGE_TOKEN_INDEX})")
     if placeholder is not None and placeholder == len(ids) - 1:
         raise RequestError("the prompt needs at least one token after the video placeholder")
+    if req.video_memory is not None:
+        return memory_request(llm, req, ids, placeholder)
     ratio = check_ratio(req.compression_ratio if req.compression_ratio is not None else cfg.default_ratio)
     visual = None
     if req.visual_embeds is not None:

@@ -7,13 +7,16 @@ import torch
 from tqdm.auto import tqdm
 
 from vxl.config import EngineConfig
-from vxl.engine.block_manager import BlockManager, BlockTable
-from vxl.engine.inputs import RequestError, prepare_request
+from vxl.config import IMAGE_TOKEN_INDEX
+from vxl.engine.block_manager import BlockManager, BlockTable, OutOfPages
+from vxl.engine.inputs import (RequestError, check_ratio, check_token_ids, prepare_request, prompt_ids_from_text,
+                               visual_from_embeds, visual_from_video)
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams, sample_token
 from vxl.engine.scheduler import Scheduler
 from vxl.engine.sequence import Sequence
+from vxl.engine.video_memory import VideoMemory, model_fingerprint
 from vxl.kernels import get_backend
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -59,6 +62,7 @@ class LLM:
         self.block_manager = BlockManager(num_pages, page_size)
         self.runner = ModelRunner(self.model, self.ops, num_pages, page_size, self.dtype, self.device)
         self.seed = seed
+        self.model_fingerprint = model_fingerprint(self.model, self.config)
 
     def _load(self, model: str, seed: int):
         if model == "tiny":
@@ -86,11 +90,12 @@ class LLM:
         generator = None
         if not params.is_greedy:
             generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.seed + index)
-        table = BlockTable(self.block_manager)
+        table = prep.memory.fork_table() if prep.memory is not None else BlockTable(self.block_manager)
         window = self.config.beacon_window
         rid = prep.request_id if prep.request_id is not None else str(index)
-        seq = Sequence(index, rid, prep.prompt_ids, prep.placeholder_idx, prep.visual, prep.ratio,
-                       params, table, self.model, window, self.engine_config.text_chunk_size or window, generator)
+        seq = Sequence(index, rid, prep.prompt_ids, prep.placeholder_idx, prep.visual, prep.ratio, params, table,
+                       self.model, window, self.engine_config.text_chunk_size or window, generator,
+                       memory=prep.memory)
         return seq, prep.max_kept_tokens(self.config, params)
 
     def generate(self, requests, sampling_params: SamplingParams | list[SamplingParams] | None = None,
@@ -104,18 +109,21 @@ class LLM:
         params = list(params) if isinstance(params, (list, tuple)) else [params] * len(requests)
         if len(params) != len(requests):
             raise ValueError(f"{len(params)} sampling params for {len(requests)} requests")
-        scheduler = Scheduler(self.block_manager, self.engine_config.max_batch_tokens)
         outputs: list[RequestOutput | None] = [None] * len(requests)
-        seqs: list[Sequence] = []
+        seqs, max_kept = [], []
         for i, (req, p) in enumerate(zip(requests, params)):
             try:
-                seq, max_kept = self._new_sequence(i, Request.from_any(req), p)
+                seq, kept = self._new_sequence(i, Request.from_any(req), p)
             except (RequestError, ValueError, TypeError) as exc:
                 rid = req.get("request_id") if isinstance(req, dict) else getattr(req, "request_id", None)
                 outputs[i] = RequestOutput(str(rid if rid is not None else i), finish_reason="error", error=str(exc))
                 continue
             seqs.append(seq)
-            scheduler.add(seq, max_kept)
+            max_kept.append(kept)
+        # capacity = free pages once every request holds its forked video-memory pages
+        scheduler = Scheduler(self.block_manager, self.engine_config.max_batch_tokens)
+        for seq, kept in zip(seqs, max_kept):
+            scheduler.add(seq, kept)
         bar = tqdm(total=len(requests), desc="requests", disable=not use_tqdm)
         bar.update(sum(o is not None for o in outputs))
         try:
@@ -153,6 +161,45 @@ class LLM:
                     seq.release()
                     outputs[seq.index] = self._output(seq)
                     bar.update(1)
+
+    def encode_video(self, video=None, compression_ratio: int | None = None, num_frames: int | None = None, *,
+                     visual_embeds: torch.Tensor | None = None, prefix_token_ids: list[int] | None = None,
+                     use_tqdm: bool = False) -> VideoMemory:
+        """Encode a video once (the prompt prefix, then every window; only prefix + VST K/V are kept) into a
+        VideoMemory that any number of requests reuse via {"prompt": ..., "video_memory": mem}.
+
+        The prefix is the chat template's text before the video, or `prefix_token_ids` (models without a
+        tokenizer). Its pages count as used in kv_cache_usage() until `mem.release()`.
+        """
+        if (video is None) == (visual_embeds is None):
+            raise ValueError("give exactly one of video and visual_embeds")
+        if prefix_token_ids is None:
+            ids = prompt_ids_from_text(self.tokenizer, "", True)
+            prefix_token_ids = ids[:ids.index(IMAGE_TOKEN_INDEX)]
+        prefix = check_token_ids(prefix_token_ids, self.config.vocab_size)
+        ratio = check_ratio(compression_ratio if compression_ratio is not None else self.config.default_ratio)
+        if visual_embeds is not None:
+            visual = visual_from_embeds(visual_embeds, self.config.hidden_size, self.device, self.dtype)
+        else:
+            visual = visual_from_video(self, video, num_frames)
+        window = self.config.beacon_window
+        seq = Sequence(0, "encode", prefix + [IMAGE_TOKEN_INDEX], len(prefix), visual, ratio, SamplingParams(),
+                       BlockTable(self.block_manager), self.model, window,
+                       self.engine_config.text_chunk_size or window, None)
+        try:
+            with torch.inference_mode():
+                for chunk in tqdm(seq.prefill, desc="windows", disable=not use_tqdm):
+                    self.runner.run([chunk])
+        except OutOfPages as exc:
+            seq.release()
+            raise ValueError(f"the KV cache is too small for this video: {exc}") from None
+        except BaseException:
+            seq.release()
+            raise
+        mem = VideoMemory(self.model_fingerprint, prefix, ratio, visual.num_frames or 0, visual.num_tokens,
+                          seq.num_vst, seq.kept_len)
+        mem.table, mem.engine = seq.table, self
+        return mem
 
     def _output(self, seq: Sequence) -> RequestOutput:
         ids = seq.output_ids

@@ -13,8 +13,11 @@ from vxl.engine.sequence import Chunk, Sequence
 
 
 class Scheduler:
-    def __init__(self, manager: BlockManager, max_batch_tokens: int):
+    def __init__(self, manager: BlockManager, max_batch_tokens: int, capacity: int | None = None):
+        """capacity: pages this scheduler may reserve (the pool's free pages when it starts: pages held by
+        video memories are not available)."""
         self.manager, self.max_batch_tokens = manager, max_batch_tokens
+        self.capacity = manager.num_free_pages if capacity is None else capacity
         self.waiting: deque[tuple[Sequence, int]] = deque()
         self.running: list[Sequence] = []
         self.reserved_pages = 0
@@ -22,15 +25,15 @@ class Scheduler:
 
     def add(self, seq: Sequence, max_kept_tokens: int) -> None:
         pages = self.manager.pages_for(max_kept_tokens) + 1    # +1: a fresh page when a shared one is partial
-        if pages > self.manager.num_pages:
+        if pages > self.capacity:
             seq.fail(f"request needs up to {max_kept_tokens} kept tokens ({pages} pages) but the KV cache "
-                     f"holds {self.manager.num_pages} pages of {self.manager.page_size}; raise kv_cache_bytes "
+                     f"has {self.capacity} free pages of {self.manager.page_size}; raise kv_cache_bytes "
                      f"or the compression ratio, or lower num_frames/max_tokens")
             return
         self.waiting.append((seq, pages))
 
     def _admit(self) -> None:
-        while self.waiting and self.reserved_pages + self.waiting[0][1] <= self.manager.num_pages:
+        while self.waiting and self.reserved_pages + self.waiting[0][1] <= self.capacity:
             seq, pages = self.waiting.popleft()
             self.reserved_pages += pages
             self._reservation[id(seq)] = pages

@@ -31,7 +31,7 @@ class Chunk:
 class Sequence:
     def __init__(self, index: int, request_id: str, prompt_ids: list[int], placeholder_idx: int | None,
                  visual, ratio: int, params: SamplingParams, table: BlockTable, model, window: int,
-                 text_chunk: int, generator: torch.Generator | None):
+                 text_chunk: int, generator: torch.Generator | None, memory=None):
         self.index, self.request_id = index, request_id
         self.prompt_ids, self.placeholder_idx = prompt_ids, placeholder_idx
         self.visual, self.ratio, self.params, self.table = visual, ratio, params, table
@@ -40,10 +40,11 @@ class Sequence:
         self.output_logprobs: list[dict] | None = [] if params.logprobs is not None else None
         self.finish_reason: str | None = None
         self.error: str | None = None
-        self.num_vst = 0
+        self.memory = memory              # a VideoMemory holding the prefix + VSTs already: prefill the suffix only
+        self.num_vst = memory.num_vst if memory is not None else 0
         self.num_kept_after_prefill: int | None = None
         self.seconds: dict[str, float] = {}
-        self._prefill = self._prefill_chunks()
+        self.prefill = self._prefill_chunks()     # lazy: a chunk is built once the previous one has run
         self.is_prefilling = True
 
     @property
@@ -76,6 +77,9 @@ class Sequence:
             yield Chunk(self, embeds, is_vst, nb, False, "window")
 
     def _prefill_chunks(self) -> Iterator[Chunk]:
+        if self.memory is not None:
+            yield from self._text_chunks(self.prompt_ids[self.placeholder_idx + 1:], True)
+            return
         if self.placeholder_idx is None:
             yield from self._text_chunks(self.prompt_ids, True)
             return
@@ -87,7 +91,7 @@ class Sequence:
     def next_chunk(self) -> Chunk:
         """The next prefill chunk, or the decode chunk of the last sampled token."""
         if self.is_prefilling:
-            chunk = next(self._prefill, None)
+            chunk = next(self.prefill, None)
             if chunk is not None:
                 return chunk
             self.is_prefilling = False

@@ -60,7 +60,8 @@ def resolve_vision_tower(mm_vision_tower: str, checkpoint_dir: str | os.PathLike
         candidate = os.path.join(os.fspath(checkpoint_dir), mm_vision_tower)
     if os.path.isdir(candidate):
         return (*load_clip_dir(candidate), candidate)
-    if mm_vision_tower == CLIP_VIT_L_336_NAME:
+    # released configs often name a local copy of it (".../openai/clip-vit-large-patch14-336")
+    if mm_vision_tower.rstrip("/").endswith(CLIP_VIT_L_336_NAME):
         return clip_vit_large_patch14_336(), ImageProcessorConfig.clip_vit_l_336(), None
     raise ValueError(f"mm_vision_tower {mm_vision_tower!r}: no directory {candidate!r} and not "
                      f"the built-in {CLIP_VIT_L_336_NAME!r}")

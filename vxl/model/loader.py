@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from safetensors import safe_open
 
-from vxl.config import ModelConfig, resolve_path
+from vxl.config import ModelConfig
+from vxl.model.clip_configs import resolve_vision_tower
 from vxl.model.video_llm import VideoXLForCausalLM
 
-CLIP_L_336 = "openai/clip-vit-large-patch14-336"
 VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 # keys that official checkpoints may carry but the computation never reads
@@ -56,21 +56,6 @@ def read_tensors(files: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
                 if key.startswith(prefix):
                     tensors[key] = f.get_tensor(key)
     return tensors
-
-
-def resolve_vision(cfg: ModelConfig, path: str):
-    """(CLIPVisionConfig, ImageProcessorConfig, CLIP weights dir or None) for mm_vision_tower."""
-    from vxl.engine.preprocess import ImageProcessorConfig
-    from vxl.model.clip_configs import clip_vit_large_patch14_336, load_clip_dir
-    name = cfg.mm_vision_tower
-    clip_dir = resolve_path(path, name)
-    if os.path.isdir(clip_dir):
-        clip_cfg, proc = load_clip_dir(clip_dir)
-        return clip_cfg, proc, clip_dir
-    if name.rstrip("/").endswith(CLIP_L_336):
-        return clip_vit_large_patch14_336(), ImageProcessorConfig.clip_vit_l_336(), None
-    raise ValueError(f"mm_vision_tower {name!r} is neither a directory (absolute or relative to {path}) "
-                     f"nor {CLIP_L_336!r}")
 
 
 def clip_dir_weights(clip_dir: str | None) -> dict[str, torch.Tensor]:
@@ -167,7 +152,7 @@ def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> Load
     cfg = ModelConfig.from_dict(raw)
     clip_cfg = proc = clip_dir = None
     if cfg.mm_vision_tower:
-        clip_cfg, proc, clip_dir = resolve_vision(cfg, path)
+        clip_cfg, proc, clip_dir = resolve_vision_tower(cfg.mm_vision_tower, path)
     with torch.device("meta"):
         model = VideoXLForCausalLM(cfg, clip_cfg)
     tensors = read_tensors(checkpoint_files(path))

@@ -71,14 +71,6 @@ def build_tiny(device: torch.device, dtype: torch.dtype, seed: int = 0) -> Loade
     return LoadedModel(model, cfg, tokenizer, proc, eos, "tiny")
 
 
-def processor_dict(p) -> dict:
-    """preprocessor_config.json content for an ImageProcessorConfig."""
-    return {"size": {"shortest_edge": p.shortest_edge}, "crop_size": {"height": p.crop_size, "width": p.crop_size},
-            "image_mean": list(p.image_mean), "image_std": list(p.image_std), "rescale_factor": p.rescale_factor,
-            "resample": p.resample, "do_resize": p.do_resize, "do_center_crop": p.do_center_crop,
-            "do_rescale": p.do_rescale, "do_normalize": p.do_normalize}
-
-
 def save_checkpoint(loaded: LoadedModel, path: str, num_shards: int = 1, drop: tuple[str, ...] = ()) -> None:
     """Write `loaded` in the official layout: config.json, safetensors shard(s) (+ index when sharded),
     tokenizer files, and the CLIP directory `clip/` that config.json's mm_vision_tower points to.
@@ -93,7 +85,7 @@ def save_checkpoint(loaded: LoadedModel, path: str, num_shards: int = 1, drop: t
         with open(os.path.join(path, "clip", "config.json"), "w") as f:
             json.dump({**clip.to_dict(), "model_type": "clip_vision_model"}, f, indent=1)
         with open(os.path.join(path, "clip", "preprocessor_config.json"), "w") as f:
-            json.dump(processor_dict(loaded.image_processor), f, indent=1)
+            json.dump(loaded.image_processor.to_dict(), f, indent=1)
         d["mm_vision_tower"] = "clip"
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(d, f, indent=1)
