@@ -49,13 +49,34 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
 
 
-def _run(args, videos: list[str], prompt: str) -> int:
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def build_requests(args, inputs: list[str], prompt: str | None) -> list[dict]:
+    """One request per input file (image or video by extension), one for --images, one per JSONL line."""
+    reqs = []
+    for path in inputs:
+        kind = "image" if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS else "video"
+        req = {"prompt": prompt, kind: path, "request_id": path, "compression_ratio": args.compression_ratio}
+        if kind == "video":
+            req["num_frames"] = args.num_frames
+        reqs.append(req)
+    if getattr(args, "images", None):
+        reqs.append({"prompt": prompt, "images": args.images, "request_id": "images",
+                     "compression_ratio": args.compression_ratio})
+    if getattr(args, "requests", None):
+        with open(args.requests) as f:
+            for n, line in enumerate(f):
+                if line.strip():
+                    reqs.append({"request_id": f"line{n + 1}", **json.loads(line)})
+    return [{k: v for k, v in r.items() if v is not None} for r in reqs]
+
+
+def _run(args, reqs: list[dict]) -> int:
     from vxl import LLM, SamplingParams
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
-    reqs = [{"prompt": prompt, "video": v, "num_frames": args.num_frames, "compression_ratio": args.compression_ratio,
-             "request_id": v} for v in videos]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     outs = llm.generate(reqs, params, use_tqdm=len(reqs) > 1)
     status = 0
@@ -65,7 +86,8 @@ def _run(args, videos: list[str], prompt: str) -> int:
         elif out.error:
             print(f"{out.request_id}: error: {out.error}")
         else:
-            print(out.text)
+            prefix = f"{out.request_id}: " if len(outs) > 1 else ""
+            print(prefix + out.text.replace("\n", " "))
             print(format_metrics(out.metrics))
         status = status or int(out.error is not None)
     return status
@@ -74,20 +96,26 @@ def _run(args, videos: list[str], prompt: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vxl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="answer a question about one or more videos")
-    gen.add_argument("videos", nargs="+", help="video file(s)")
-    gen.add_argument("--prompt", required=True, help="the question")
+    gen = sub.add_parser("generate", help="answer a question about videos or images (one answer per input)")
+    gen.add_argument("inputs", nargs="*", help="video or image file(s); the kind follows the file extension")
+    gen.add_argument("--prompt", help="the question (required unless every request comes from --requests)")
+    gen.add_argument("--images", nargs="+", help="several images asked about together (one frame each)")
+    gen.add_argument("--requests", help="a JSONL file of request dicts (prompt, video/image/images, ...)")
     _engine_args(gen)
     demo = sub.add_parser("demo", help="generate a synthetic video and run the model on it")
     demo.add_argument("--prompt", default="What happens in this video?")
     _engine_args(demo)
     args = parser.parse_args(argv)
     if args.command == "generate":
-        return _run(args, args.videos, args.prompt)
+        if not (args.inputs or args.images or args.requests):
+            parser.error("generate needs input files, --images or --requests")
+        if (args.inputs or args.images) and not args.prompt:
+            parser.error("--prompt is required with input files or --images")
+        return _run(args, build_requests(args, args.inputs, args.prompt))
     with tempfile.TemporaryDirectory() as tmp:
         path = write_demo_video(os.path.join(tmp, "demo.mp4"))
         print(f"demo video: 96 frames, 160x120, question: {args.prompt!r}", file=sys.stderr)
-        return _run(args, [path], args.prompt)
+        return _run(args, build_requests(args, [path], args.prompt))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ class ModelConfig:
     mm_vision_select_feature: str = "patch"
     mm_spatial_pool_stride: int = 2
     mm_spatial_pool_mode: str = "average"
+    # single images: anyres tiling (vxl.engine.image)
+    image_aspect_ratio: str | None = None
+    image_grid_pinpoints: object = None
+    mm_patch_merge_type: str | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     @property

@@ -92,3 +92,55 @@ def test_uint8_tensor_input_and_text_only(llm):
                         SamplingParams(max_tokens=2), use_tqdm=False)
     assert outs[0].error is None and outs[0].metrics["num_frames"] == 7
     assert outs[1].error is None and outs[1].metrics["num_frames"] == 0
+
+
+def test_decode_error_mid_stream_fails_only_that_request(llm, video, monkeypatch):
+    import vxl.engine.video as video_module
+    real_open = video_module.open_video
+
+    class Breaks:
+        def __init__(self, source):
+            self.source, self.num_frames, self.total_frames = source, source.num_frames, source.total_frames
+
+        def iter_chunks(self, n):
+            for i, chunk in enumerate(self.source.iter_chunks(n)):
+                if i == 2:
+                    raise RuntimeError("corrupt packet at frame 20")
+                yield chunk
+
+        def close(self):
+            self.source.close()
+
+    def fake_open(v, num_frames=None, **kw):
+        src = real_open(v, num_frames, **kw)
+        return Breaks(src) if isinstance(v, str) and v.endswith("clip.mp4") else src
+
+    monkeypatch.setattr(video_module, "open_video", fake_open)
+    frames = torch.randint(0, 256, (30, 48, 64, 3), dtype=torch.uint8)
+    outs = llm.generate([{"prompt": "Q", "video": frames}, {"prompt": "Q", "video": video},
+                         {"prompt": "Q", "video": frames}], SamplingParams(max_tokens=3, ignore_eos=True),
+                        use_tqdm=False)
+    assert outs[1].finish_reason == "error" and "corrupt packet" in outs[1].error
+    assert outs[0].error is None and outs[0].token_ids == outs[2].token_ids
+    usage = llm.kv_cache_usage()
+    assert usage["num_free_pages"] == usage["num_pages"]
+
+
+def test_cli_images_and_jsonl(video, tmp_path, capsys):
+    from PIL import Image
+    paths = []
+    for i, (w, h) in enumerate([(90, 60), (40, 70)]):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    assert main(["generate", paths[0], video, "--prompt", "Q", "--max-tokens", "2", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["error"] for r in records] == [None, None] and records[1]["metrics"]["num_frames"] == 40
+    assert main(["generate", "--images", *paths, "--prompt", "Q", "--max-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["metrics"]["num_frames"] == 2
+    jsonl = tmp_path / "reqs.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "A?", "video": video, "num_frames": 8}) + "\n" +
+                     json.dumps({"prompt": "B?", "image": paths[1]}) + "\n")
+    assert main(["generate", "--requests", str(jsonl), "--max-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("frames=") == 2 and "line1:" in out

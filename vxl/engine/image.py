@@ -150,7 +150,7 @@ def resize_and_pad(image, target: tuple[int, int]) -> torch.Tensor:
     resized = Image.fromarray(img.numpy()).resize((nw, nh), Image.Resampling.BICUBIC)
     out = torch.zeros(th, tw, 3, dtype=torch.uint8)
     top, left = (th - nh) // 2, (tw - nw) // 2
-    out[top:top + nh, left:left + nw] = torch.from_numpy(np.asarray(resized))
+    out[top:top + nh, left:left + nw] = torch.from_numpy(np.array(resized))
     return out
 
 

@@ -127,6 +127,26 @@ def visual_from_embeds(embeds, hidden: int, device, dtype) -> EmbedsTokens:
     return EmbedsTokens(embeds.to(device=device, dtype=dtype))
 
 
+def visual_from_images(llm, image, images) -> VideoTokens:
+    """One image -> its anyres tiles; several images -> one frame each; both then stream like video frames."""
+    from vxl.engine import image as img
+    if not llm.model.has_vision:
+        raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
+    proc, cfg = llm.loaded.image_processor, llm.config
+    try:
+        if image is not None:
+            img.check_image_config(cfg.image_aspect_ratio, cfg.mm_patch_merge_type)
+            pins = img.parse_pinpoints(cfg.image_grid_pinpoints, tile_size=proc.crop_size)
+            frames = img.anyres_tiles(image, pins, proc.crop_size)          # (tiles, S, S, 3)
+        else:
+            if not isinstance(images, (list, tuple)) or not images:
+                raise ValueError("images must be a non-empty list of images")
+            frames = img.images_as_frames(list(images), proc)               # (N, S, S, 3)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return visual_from_video(llm, frames, None)
+
+
 def visual_from_video(llm, video, num_frames) -> VideoTokens:
     if not llm.model.has_vision:
         raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
@@ -144,9 +164,12 @@ def visual_from_video(llm, video, num_frames) -> VideoTokens:
 def prepare_request(llm, req: Request) -> PreparedRequest:
     cfg = llm.config
     rid = str(req.request_id) if req.request_id is not None else None
-    sources = [n for n in ("video", "visual_embeds", "video_memory") if getattr(req, n) is not None]
+    sources = [n for n in ("video", "image", "images", "visual_embeds", "video_memory") if getattr(req, n) is not None]
     if len(sources) > 1:
-        raise RequestError(f"give one of video, visual_embeds and video_memory, not {' and '.join(sources)}")
+        raise RequestError(f"give one of video, image, images, visual_embeds and video_memory, not "
+                           f"{' and '.join(sources)}")
+    if req.num_frames is not None and sources and sources[0] not in ("video",):
+        raise RequestError(f"num_frames applies to video requests only, not to {sources[0]}")
     if (req.prompt is None) == (req.prompt_token_ids is None):
         raise RequestError("give exactly one of prompt and prompt_token_ids")
     if req.prompt is not None:
@@ -170,4 +193,6 @@ def prepare_request(llm, req: Request) -> PreparedRequest:
         visual = visual_from_embeds(req.visual_embeds, cfg.hidden_size, llm.device, llm.dtype)
     elif req.video is not None:
         visual = visual_from_video(llm, req.video, req.num_frames)
+    elif req.image is not None or req.images is not None:
+        visual = visual_from_images(llm, req.image, req.images)
     return PreparedRequest(rid, ids, placeholder, visual, ratio)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import nvtx
 import torch
 from tqdm.auto import tqdm
 
@@ -17,6 +18,7 @@ from vxl.engine.sampler import SamplingParams, sample_token
 from vxl.engine.scheduler import Scheduler
 from vxl.engine.sequence import Sequence
 from vxl.engine.video_memory import VideoMemory, model_fingerprint
+from vxl.engine.vst import window_lengths
 from vxl.kernels import get_backend
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -136,6 +138,11 @@ class LLM:
         return outputs
 
     def _run(self, scheduler: Scheduler, seqs: list[Sequence], outputs: list, bar) -> None:
+        bm = self.block_manager
+        self._peak_used_pages = bm.num_pages - bm.num_free_pages
+        num_windows = sum(len(window_lengths(s.visual.num_tokens, self.config.beacon_window))
+                          for s in seqs if s.visual is not None and s.memory is None)
+        windows_bar = tqdm(total=num_windows, desc="windows", leave=False, disable=bar.disable or num_windows < 20)
         for seq in seqs:
             if seq.is_finished:     # rejected at admission
                 outputs[seq.index] = self._output(seq)
@@ -145,8 +152,12 @@ class LLM:
             for seq, exc in failed:
                 seq.fail(f"{type(exc).__name__}: {exc}")
             t0 = time.perf_counter()
-            logits = self.runner.run(chunks) if chunks else None
+            kinds = sorted({c.kind for c in chunks})
+            with nvtx.annotate("step:" + "+".join(kinds)):
+                logits = self.runner.run(chunks) if chunks else None
             elapsed = time.perf_counter() - t0
+            self._peak_used_pages = max(self._peak_used_pages, bm.num_pages - bm.num_free_pages)
+            windows_bar.update(sum(c.kind == "window" for c in chunks))
             row = 0
             for chunk in chunks:
                 stage = "decode" if chunk.kind == "decode" else "prefill"
@@ -161,6 +172,7 @@ class LLM:
                     seq.release()
                     outputs[seq.index] = self._output(seq)
                     bar.update(1)
+        windows_bar.close()
 
     def encode_video(self, video=None, compression_ratio: int | None = None, num_frames: int | None = None, *,
                      visual_embeds: torch.Tensor | None = None, prefix_token_ids: list[int] | None = None,
@@ -212,11 +224,16 @@ class LLM:
         if visual is not None:
             seconds.update(visual.seconds)
         num_kept = seq.num_kept_after_prefill or 0
+        if seconds.get("decode_video"):
+            rates = {"decode_fps": (getattr(visual, "num_frames", 0) or 0) / seconds["decode_video"]}
+        else:
+            rates = {}
         metrics = {"num_frames": getattr(visual, "num_frames", None) or 0,
                    "num_visual_tokens": visual.num_tokens if visual is not None else 0,
                    "num_vst_tokens": seq.num_vst, "num_kept_tokens": num_kept,
                    "kept_kv_bytes": num_kept * self.bytes_per_token, "compression_ratio": seq.ratio,
                    "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),
-                   "seconds": seconds}
+                   "peak_kv_pool_bytes": self._peak_used_pages * self.block_manager.page_size * self.bytes_per_token,
+                   **rates, "seconds": seconds}
         return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason,
                              seq.error, metrics)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-REQUEST_FIELDS = ("prompt", "prompt_token_ids", "video", "visual_embeds", "video_memory", "num_frames",
-                  "compression_ratio", "request_id")
+REQUEST_FIELDS = ("prompt", "prompt_token_ids", "video", "image", "images", "visual_embeds", "video_memory",
+                  "num_frames", "compression_ratio", "request_id")
 
 
 @dataclass
@@ -13,6 +13,8 @@ class Request:
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
     video: Any = None                 # path, or uint8 array / tensor [T, H, W, 3]
+    image: Any = None                 # path, PIL image or uint8 array [H, W, 3]: anyres tiles
+    images: Any = None                # list of images: one frame each
     visual_embeds: Any = None         # float tensor [N, hidden] (projector output)
     video_memory: Any = None          # vxl.VideoMemory from LLM.encode_video
     num_frames: int | None = None

@@ -1,13 +1,19 @@
 """Visual token suppliers: hand a sequence its visual embeddings window by window.
 
-`VideoTokens` decodes and encodes only the frames the next window needs, so host and device never hold
-more than about one window of frames, pixels and CLIP activations.
+`VideoTokens` decodes and preprocesses the next frames on a background thread (a bounded queue of
+chunks) while the model runs the current window, and encodes only the frames the next window needs,
+so host and device never hold more than a few windows of frames, pixels and CLIP activations.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 
+import nvtx
 import torch
+
+from vxl.engine.preprocess import preprocess_frames
 
 
 class EmbedsTokens:
@@ -29,35 +35,91 @@ class EmbedsTokens:
         self.embeds = None
 
 
+class FramePrefetcher:
+    """Background thread: source.iter_chunks -> (to device) -> preprocess -> bounded queue, in order.
+    An exception in the thread is re-raised by `get` in the consumer, with its message."""
+
+    _DONE = object()
+
+    def __init__(self, source, chunk_frames: int, processor, device: torch.device, max_chunks_ahead: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=max_chunks_ahead)
+        self.stop = threading.Event()
+        self.seconds = 0.0              # decode + preprocess time spent in the thread
+        self.thread = threading.Thread(target=self._work, args=(source, chunk_frames, processor, device),
+                                       name="vxl-frames", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, source, chunk_frames, processor, device) -> None:
+        try:
+            chunks = source.iter_chunks(chunk_frames)
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                with nvtx.annotate("decode-video"):
+                    frames = next(chunks, None)
+                    if frames is None:
+                        break
+                    pixels = preprocess_frames(frames.to(device, non_blocking=True), processor)
+                self.seconds += time.perf_counter() - t0
+                if not self._put(pixels):
+                    return
+            self._put(self._DONE)
+        except BaseException as exc:  # forwarded to the consumer, which fails only this request
+            self._put(exc)
+
+    def get(self) -> torch.Tensor:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise ValueError(f"video decoding failed: {item}") from item
+        if item is self._DONE:
+            raise ValueError("the video ended before all its sampled frames were decoded")
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+
 class VideoTokens:
     """Frames of a video source -> preprocess -> CLIP -> projector -> pool, on demand, in time order."""
 
     def __init__(self, source, model, image_processor, device: torch.device, frames_per_chunk: int):
-        from vxl.engine.preprocess import preprocess_frames
-        self._preprocess = preprocess_frames
         self.source, self.model, self.processor, self.device = source, model, image_processor, device
         self.tokens_per_frame = model.tokens_per_frame
         self.num_frames = source.num_frames
         self.num_tokens = self.num_frames * self.tokens_per_frame
         self.frames_per_chunk = max(1, frames_per_chunk)
-        self._chunks = None
+        self._prefetch: FramePrefetcher | None = None
         self._buffer: list[torch.Tensor] = []
         self._buffered = 0
-        self.seconds = {"decode_video": 0.0, "vision": 0.0}
+        self.seconds = {"decode_video": 0.0, "decode_wait": 0.0, "vision": 0.0}
 
     def _encode_next_chunk(self) -> None:
-        if self._chunks is None:
-            self._chunks = self.source.iter_chunks(self.frames_per_chunk)
+        if self._prefetch is None:
+            self._prefetch = FramePrefetcher(self.source, self.frames_per_chunk, self.processor, self.device)
         t0 = time.perf_counter()
-        frames = next(self._chunks)                                   # (n, h, w, 3) uint8
+        pixels = self._prefetch.get()                                       # (n, 3, S, S)
         t1 = time.perf_counter()
-        pixels = self._preprocess(frames, self.processor).to(self.device)
-        with torch.inference_mode():
-            tokens = self.model.encode_frames(pixels)                   # (n * tokens_per_frame, H)
+        with torch.inference_mode(), nvtx.annotate("vision"):
+            tokens = self.model.encode_frames(pixels)                       # (n * tokens_per_frame, H)
         self._buffer.append(tokens)
         self._buffered += tokens.shape[0]
-        self.seconds["decode_video"] += t1 - t0
+        self.seconds["decode_wait"] += t1 - t0
         self.seconds["vision"] += time.perf_counter() - t1
+        self.seconds["decode_video"] = self._prefetch.seconds
 
     def take(self, n: int) -> torch.Tensor:
         while self._buffered < n:
@@ -68,4 +130,9 @@ class VideoTokens:
         return out
 
     def close(self) -> None:
-        self._buffer, self._chunks = [], None
+        if self._prefetch is not None:
+            self.seconds["decode_video"] = self._prefetch.seconds
+            self._prefetch.close()
+            self._prefetch = None
+        self._buffer = []
+        self.source.close()

@@ -34,6 +34,8 @@ def tiny_model_config(vocab_size: int) -> ModelConfig:
         intermediate_size=256, rope_theta=1e6, rms_norm_eps=1e-6, eos_token_id=vocab_size - 1,
         beacon_window=160, beacon_stride=160, beacon_ratio=[2, 4, 8, 12, 16], beacon_param=["q", "k", "v"],
         mm_vision_tower="clip", mm_hidden_size=64, mm_vision_select_layer=-2, mm_spatial_pool_stride=2,
+        image_aspect_ratio="anyres", mm_patch_merge_type="unires",
+        image_grid_pinpoints=[[112 * a, 112 * b] for a in range(1, 4) for b in range(1, 4) if a * b >= 2],
         torch_dtype="float32"))
 
 
