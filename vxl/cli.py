@@ -93,6 +93,18 @@ def _run(args, reqs: list[dict]) -> int:
     return status
 
 
+def _plan(args) -> int:
+    from dataclasses import asdict
+
+    from vxl.engine.planner import configs_for, parse_bytes, plan_memory
+    cfg, clip = configs_for(args.model)
+    dtype_bytes = 4 if args.dtype == "float32" else 2
+    plan = plan_memory(cfg, clip, parse_bytes(args.gpu_memory), args.compression_ratio, dtype_bytes,
+                       attention_backend=args.attention_backend)
+    print(json.dumps(asdict(plan)) if args.json else plan.describe())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vxl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,7 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="generate a synthetic video and run the model on it")
     demo.add_argument("--prompt", default="What happens in this video?")
     _engine_args(demo)
+    plan = sub.add_parser("plan", help="memory plan: weights, kept KV per frame, work space, max frames")
+    plan.add_argument("--model", default="videoxl-7b", help="'videoxl-7b', 'tiny' or a checkpoint directory")
+    plan.add_argument("--gpu-memory", default="80GiB")
+    plan.add_argument("--compression-ratio", type=int, default=16)
+    plan.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    plan.add_argument("--attention-backend", default="triton", choices=["torch", "triton"])
+    plan.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "generate":
         if not (args.inputs or args.images or args.requests):
             parser.error("generate needs input files, --images or --requests")

@@ -76,9 +76,13 @@ class LLM:
     def _kv_budget(self, kv_cache_bytes: int | None) -> int:
         if kv_cache_bytes is not None:
             return kv_cache_bytes
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":   # all free memory but one step's work space and a reserve
+            from vxl.engine.planner import GiB, workspace_bytes
             free, _ = torch.cuda.mem_get_info(self.device)
-            return int(free * 0.5)
+            clip = self.model.model.vision_tower.clip_config if self.model.has_vision else None
+            work = workspace_bytes(self.config, clip, 1, self.dtype.itemsize, self.engine_config.max_batch_tokens,
+                                   self.engine_config.attention_backend, 0)
+            return max(0, int(free - 2 * work - GiB))
         return 256 * 2**20
 
     def kv_cache_usage(self) -> dict:

@@ -1,0 +1,45 @@
+"""Memory planner: kept-KV arithmetic of DESIGN.md section 3 for Qwen2-7B, and the plan's consistency."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vxl.cli import main
+from vxl.engine.planner import GiB, configs_for, parse_bytes, plan_memory
+
+
+def test_qwen2_7b_numbers_equal_the_design_formula():
+    cfg, clip = configs_for("videoxl-7b")
+    plan = plan_memory(cfg, clip, 80 * GiB, ratio=16, dtype_bytes=2)
+    assert plan.bytes_per_token == 2 * 28 * 4 * 128 * 2 == 56 * 1024
+    assert plan.tokens_per_frame == 144
+    assert plan.kv_bytes_per_frame == 144 / 16 * 56 * 1024
+    assert plan.kv_bytes(2048, cfg.beacon_window) == 18432 * 56 * 1024          # about 1 GiB
+    llm_params = 152064 * 3584 * 2 + 28 * (3584 * (3584 + 2 * 512) + 3584 + 2 * 512 + 3584 * 3584
+                                           + 3 * 3584 * 18944 + 2 * 3584) + 3584
+    beacon = 3584 + 28 * (3584 * (3584 + 2 * 512) + 3584 + 2 * 512)
+    assert plan.weights_bytes > 2 * (llm_params + beacon)                        # + CLIP and projector
+    assert plan.weights_bytes < 2 * (llm_params + beacon + 400_000_000)
+    budget = 80 * GiB - plan.weights_bytes - plan.workspace_bytes - plan.reserve_bytes
+    assert plan.max_frames == int(budget // plan.kv_bytes_per_frame)
+    assert plan.max_frames > 100_000                                              # an hour-plus at r = 16
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8, 16])
+def test_max_frames_scales_with_the_ratio(ratio):
+    cfg, clip = configs_for("videoxl-7b")
+    base = plan_memory(cfg, clip, 80 * GiB, ratio=1)
+    plan = plan_memory(cfg, clip, 80 * GiB, ratio=ratio)
+    assert abs(plan.max_frames - base.max_frames * ratio) <= ratio + base.max_frames * ratio * 0.01
+
+
+def test_parse_bytes_and_cli(capsys):
+    assert parse_bytes("80GiB") == 80 * GiB and parse_bytes("512 MiB") == 512 * 2**20 and parse_bytes("1000") == 1000
+    with pytest.raises(ValueError):
+        parse_bytes("lots")
+    assert main(["plan", "--gpu-memory", "24GiB", "--compression-ratio", "16", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["bytes_per_token"] == 57344 and plan["max_frames"] > 2048
+    assert main(["plan", "--model", "tiny", "--gpu-memory", "2GiB", "--dtype", "float32"]) == 0
+    assert "max frames" in capsys.readouterr().out
