@@ -123,7 +123,7 @@ class EngineConfig:
     attention_backend: str
     page_size: int = 16
     num_pages: int | None = None          # None: sized from kv_cache_bytes
-    kv_cache_bytes: int = 256 * 2**20
+    kv_cache_bytes: int | None = None     # None: 256 MiB on CPU; free memory minus work space on CUDA
     max_batch_tokens: int = 8192          # token budget of one packed forward
     text_chunk_size: int | None = None    # None: the model's beacon_window
 
@@ -134,6 +134,10 @@ class EngineConfig:
             raise ValueError("page_size must be positive")
         if self.num_pages is not None and self.num_pages <= 0:
             raise ValueError("num_pages must be positive")
+        if self.kv_cache_bytes is not None and self.kv_cache_bytes <= 0:
+            raise ValueError("kv_cache_bytes must be positive")
+        if self.text_chunk_size is not None and self.text_chunk_size <= 0:
+            raise ValueError("text_chunk_size must be positive")
         if self.max_batch_tokens <= 0:
             raise ValueError("max_batch_tokens must be positive")
 

@@ -53,12 +53,12 @@ class LLM:
         self.dtype = resolve_dtype(dtype, self.device)
         backend = attention_backend or ("triton" if self.device.type == "cuda" else "torch")
         self.engine_config = EngineConfig(str(self.device), str(self.dtype), backend, page_size, num_pages,
-                                          kv_cache_bytes or 0, max_batch_tokens, text_chunk_size)
+                                          kv_cache_bytes, max_batch_tokens, text_chunk_size)
         self.engine_config.validate()
         self.ops = get_backend(backend)
         self.loaded = self._load(model, seed)
         self.model, self.config, self.tokenizer = self.loaded.model, self.loaded.config, self.loaded.tokenizer
-        self.bytes_per_token = self.config.bytes_per_token(torch.tensor([], dtype=self.dtype).element_size())
+        self.bytes_per_token = self.config.bytes_per_token(self.dtype.itemsize)
         if num_pages is None:
             num_pages = max(1, self._kv_budget(kv_cache_bytes) // (page_size * self.bytes_per_token))
         self.block_manager = BlockManager(num_pages, page_size)

@@ -82,7 +82,7 @@ class Qwen2Attention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, norm: RMSNorm, step: StepInfo, kv_cache: tuple, ops) -> torch.Tensor:
         if self.w_qkv is None:
-            self.fuse_qkv()
+            raise RuntimeError("call VideoXLForCausalLM.prepare() after loading weights (fuses q/k/v)")
         k_cache, v_cache = kv_cache
         q, k, v = ops.typed_qkv_rope(hidden, norm.weight, norm.eps, self.w_qkv, self.b_qkv,
                                      self.w_qkv_vst, self.b_qkv_vst, step.is_vst, step.positions,
