@@ -105,6 +105,19 @@ def _plan(args) -> int:
     return 0
 
 
+def _bench_main(command: str, argv: list[str]) -> int:
+    """`vxl bench` / `vxl niah` run the benchmark scripts of a source checkout (bench/ is not installed)."""
+    import importlib
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "bench", "e2e.py")):
+        print(f"vxl {command}: the benchmarks live in bench/ of a source checkout; none found at {root}",
+              file=sys.stderr)
+        return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("bench.e2e" if command == "bench" else "bench.niah").main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vxl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     plan.add_argument("--attention-backend", default="triton", choices=["torch", "triton"])
     plan.add_argument("--json", action="store_true")
+    for name, module in (("bench", "e2e"), ("niah", "niah")):
+        sub.add_parser(name, add_help=False, help=f"run bench/{module}.py (source checkout; --help for its options)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("bench", "niah"):
+        return _bench_main(argv[0], argv[1:])
     args = parser.parse_args(argv)
     if args.command == "plan":
         return _plan(args)

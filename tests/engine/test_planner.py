@@ -43,3 +43,13 @@ def test_parse_bytes_and_cli(capsys):
     assert plan["bytes_per_token"] == 57344 and plan["max_frames"] > 2048
     assert main(["plan", "--model", "tiny", "--gpu-memory", "2GiB", "--dtype", "float32"]) == 0
     assert "max frames" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_plan_fits_its_memory(backend):
+    cfg, clip = configs_for("tiny")
+    plan = plan_memory(cfg, clip, GiB, ratio=16, dtype_bytes=4, attention_backend=backend)
+    used = plan.weights_bytes + plan.workspace_bytes + plan.reserve_bytes + plan.max_frames * plan.kv_bytes_per_frame
+    assert plan.max_frames > 0 and used <= GiB
+    more = plan.max_frames * 1.01 * plan.kv_bytes_per_frame
+    assert plan.weights_bytes + plan.reserve_bytes + more > GiB - plan.workspace_bytes or backend == "torch"

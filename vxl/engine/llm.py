@@ -38,8 +38,9 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 class LLM:
     """Video-XL inference engine.
 
-    model: "tiny" (built-in random model, CPU-friendly; its answers are meaningless) or a checkpoint
-    directory in the official layout. device/dtype/attention_backend default to cuda/bfloat16/triton
+    model: "tiny" (built-in random model, CPU-friendly; its answers are meaningless), "full-random"
+    (the real architecture with random weights, for benchmarks), a checkpoint directory in the official
+    layout, or an already built `vxl.model.loader.LoadedModel`. device/dtype/attention_backend default to cuda/bfloat16/triton
     when CUDA is available, else cpu/float32/torch. Engine knobs: page_size, num_pages or
     kv_cache_bytes (size of the page pool), max_batch_tokens (rows per packed forward), text_chunk_size.
     """
@@ -47,8 +48,10 @@ class LLM:
     def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
                  page_size: int = 16, num_pages: int | None = None, kv_cache_bytes: int | None = None,
                  max_batch_tokens: int = 8192, text_chunk_size: int | None = None, seed: int = 0):
-        if not isinstance(model, str):
-            raise TypeError(f"model must be 'tiny' or a checkpoint directory path, not {type(model).__name__}")
+        from vxl.model.loader import LoadedModel
+        if not isinstance(model, (str, LoadedModel)):
+            raise TypeError(f"model must be 'tiny', 'full-random', a checkpoint directory or a LoadedModel, "
+                            f"not {type(model).__name__}")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(dtype, self.device)
         backend = attention_backend or ("triton" if self.device.type == "cuda" else "torch")
@@ -66,11 +69,20 @@ class LLM:
         self.seed = seed
         self.model_fingerprint = model_fingerprint(self.model, self.config)
 
-    def _load(self, model: str, seed: int):
+    def _load(self, model, seed: int):
+        from vxl.model.loader import LoadedModel, load_checkpoint
+        if isinstance(model, LoadedModel):     # an already built model (benchmarks reuse one across pools)
+            param = next(model.model.parameters())
+            if param.device.type != self.device.type or param.dtype != self.dtype:
+                raise ValueError(f"the LoadedModel is on {param.device} in {param.dtype}, the engine wants "
+                                 f"{self.device} in {self.dtype}")
+            return model
         if model == "tiny":
             from vxl.model.tiny import build_tiny
             return build_tiny(self.device, self.dtype, seed=seed)
-        from vxl.model.loader import load_checkpoint
+        if model == "full-random":             # Qwen2-7B + CLIP-L/336 shapes, random weights (benchmarks)
+            from vxl.model.random_full import build_random_full
+            return build_random_full(self.device, self.dtype, seed=seed)
         return load_checkpoint(model, self.device, self.dtype)
 
     def _kv_budget(self, kv_cache_bytes: int | None) -> int:

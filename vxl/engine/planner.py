@@ -76,8 +76,9 @@ def workspace_bytes(cfg: ModelConfig, clip: CLIPVisionConfig | None, ratio: int,
     hd, nh, nkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
     per_row = 4 * cfg.hidden_size + (nh + 2 * nkv) * hd + 3 * cfg.intermediate_size
     llm = rows * per_row * dtype_bytes + 64 * cfg.vocab_size * 4        # + float32 logits of up to 64 rows
-    if attention_backend == "torch":   # the reference materialises float32 scores
-        llm += nh * rows * (rows + max_kept_tokens) * 4 * 2
+    scores = 0
+    if attention_backend == "torch":   # the reference materialises float32 scores (and their softmax)
+        scores = nh * rows * (rows + max_kept_tokens) * 4 * 2
     vision = 0
     if clip is not None:
         tpf = (clip.image_size // clip.patch_size // cfg.mm_spatial_pool_stride) ** 2
@@ -87,7 +88,8 @@ def workspace_bytes(cfg: ModelConfig, clip: CLIPVisionConfig | None, ratio: int,
         vision += frames * seq * seq * clip.num_attention_heads * dtype_bytes              # attention scores
         vision += frames * (seq - 1) * cfg.hidden_size * 2 * dtype_bytes                     # projector
         vision += 3 * frames * 3 * clip.image_size ** 2 * 4                                   # pixel chunks queued
-    return int(max(llm, vision))        # vision and the LLM window run one after the other
+    # vision and the LLM window run one after the other; counting the scores on top is an upper bound
+    return int(max(llm, vision) + scores)
 
 
 def plan_memory(cfg: ModelConfig, clip: CLIPVisionConfig | None, memory_bytes: int, ratio: int,
@@ -102,14 +104,14 @@ def plan_memory(cfg: ModelConfig, clip: CLIPVisionConfig | None, memory_bytes: i
     bpt = cfg.bytes_per_token(dtype_bytes)
     weights = parameter_bytes(cfg, clip, dtype_bytes)
     kv_per_frame = tpf / ratio * bpt
-    # the score matrix of the torch backend grows with the kept cache: solve with the cache it would hold
     work = workspace_bytes(cfg, clip, ratio, dtype_bytes, max_batch_tokens, attention_backend, 0)
+    # the torch backend's score matrix grows linearly with the kept cache: solve for both together
+    per_kept = workspace_bytes(cfg, clip, ratio, dtype_bytes, max_batch_tokens, attention_backend, 1) - work
     free = memory_bytes - weights - work - reserve_bytes
-    max_frames = int(free // kv_per_frame) if kv_per_frame and free > 0 else 0
-    if attention_backend == "torch" and max_frames:
-        work = workspace_bytes(cfg, clip, ratio, dtype_bytes, max_batch_tokens, "torch", int(max_frames * tpf / ratio))
-        free = memory_bytes - weights - work - reserve_bytes
-        max_frames = int(free // kv_per_frame) if free > 0 else 0
+    max_frames = 0
+    if kv_per_frame and free > 0:
+        max_frames = int(free // (kv_per_frame + per_kept * tpf / ratio))
+        work += int(per_kept * max_frames * tpf / ratio)
     return MemoryPlan(weights, bpt, tpf, ratio, kv_per_frame, work, reserve_bytes, memory_bytes, max(0, max_frames))
 
 

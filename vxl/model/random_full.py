@@ -27,10 +27,10 @@ def random_full_configs(llm_overrides: dict | None = None, clip_overrides: dict 
                         ) -> tuple[ModelConfig, CLIPVisionConfig]:
     """(ModelConfig, CLIPVisionConfig) of the full-size model; overrides replace single fields (tests use
     them to build a narrow model through the same code path)."""
-    cfg = ModelConfig.from_dict({**QWEN2_7B, **(llm_overrides or {})})
     clip = clip_vit_large_patch14_336()
     if clip_overrides:
         clip = CLIPVisionConfig.from_dict({**clip.to_dict(), **clip_overrides})
+    cfg = ModelConfig.from_dict({**QWEN2_7B, "mm_hidden_size": clip.hidden_size, **(llm_overrides or {})})
     return cfg, clip
 
 
@@ -85,7 +85,9 @@ def build_random_full(device: torch.device | str, dtype: torch.dtype = torch.bfl
     model.prepare()
     model.eval()
     eos_ids = sorted({eos, tokenizer.convert_tokens_to_ids("<|endoftext|>")})
-    return LoadedModel(model, cfg, tokenizer, ImageProcessorConfig.clip_vit_l_336(), eos_ids, "full-random")
+    # CLIP-L/336's preprocessing (336 px); a narrowed CLIP (tests) gets its own image size
+    processor = ImageProcessorConfig(shortest_edge=clip.image_size, crop_size=clip.image_size)
+    return LoadedModel(model, cfg, tokenizer, processor, eos_ids, "full-random")
 
 
 def describe(cfg: ModelConfig, clip: CLIPVisionConfig) -> dict:
