@@ -48,22 +48,25 @@ def checkpoint_files(path: str) -> list[str]:
     return files
 
 
-def read_tensors(files: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
+def read_tensors(files: list[str], device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the shards, each moved to `device` / cast to `dtype` (floating ones) as it is read,
+    so the host never holds the whole checkpoint in another dtype."""
     tensors = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
             for key in f.keys():
-                if key.startswith(prefix):
-                    tensors[key] = f.get_tensor(key)
+                t = f.get_tensor(key)
+                tensors[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
     return tensors
 
 
-def clip_dir_weights(clip_dir: str | None) -> dict[str, torch.Tensor]:
+def clip_dir_weights(clip_dir: str | None, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A CLIP directory's own vision weights, renamed to the checkpoint's vision keys."""
     if clip_dir is None or not glob.glob(os.path.join(clip_dir, "*.safetensors")):
         return {}
     out = {}
-    for key, t in read_tensors(checkpoint_files(clip_dir)).items():
+    for key, t in read_tensors(checkpoint_files(clip_dir), device, dtype).items():
         m = re.match(r"^(?:vision_model\.)?(embeddings|pre_layrnorm|encoder|post_layernorm)\.(.*)$", key)
         if m:
             out[f"{VISION_PREFIX}{m.group(1)}.{m.group(2)}"] = t
@@ -110,9 +113,7 @@ def check_keys(model: torch.nn.Module, tensors: dict[str, torch.Tensor], num_cli
             raise ValueError(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}")
 
 
-def materialise(model: VideoXLForCausalLM, tensors: dict, device: torch.device, dtype: torch.dtype) -> None:
-    tensors = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
-               for k, v in tensors.items()}
+def materialise(model: VideoXLForCausalLM, tensors: dict, device: torch.device) -> None:
     model.load_state_dict(tensors, strict=True, assign=True)
     if model.has_vision:   # the only non-persistent buffer: CLIP's position ids
         emb = model.model.vision_tower.vision_tower.vision_model.embeddings
@@ -155,13 +156,13 @@ def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> Load
         clip_cfg, proc, clip_dir = resolve_vision_tower(cfg.mm_vision_tower, path)
     with torch.device("meta"):
         model = VideoXLForCausalLM(cfg, clip_cfg)
-    tensors = read_tensors(checkpoint_files(path))
+    tensors = read_tensors(checkpoint_files(path), device, dtype)
     if cfg.mm_vision_tower and not any(k.startswith(VISION_PREFIX) for k in tensors):
-        tensors.update(clip_dir_weights(clip_dir))
+        tensors.update(clip_dir_weights(clip_dir, device, dtype))
     fill_missing_beacon(cfg, tensors)
     used = model.model.vision_tower.num_layers_used if model.has_vision else None
     check_keys(model, tensors, used)
-    materialise(model, tensors, device, dtype)
+    materialise(model, tensors, device)
     model.prepare()
     model.eval()
     tokenizer = load_tokenizer(path)
