@@ -47,6 +47,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
+    p.add_argument("--decode-workers", type=int, default=1, help="parallel decord readers per video file")
+    p.add_argument("--keyframe-snap", action="store_true", help="sample the nearest keyframes (faster decoding)")
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -74,7 +76,8 @@ def build_requests(args, inputs: list[str], prompt: str | None) -> list[dict]:
 
 def _run(args, reqs: list[dict]) -> int:
     from vxl import LLM, SamplingParams
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
+              video_decode_workers=args.decode_workers, keyframe_snap=args.keyframe_snap)
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)

@@ -126,6 +126,8 @@ class EngineConfig:
     kv_cache_bytes: int | None = None     # None: 256 MiB on CPU; free memory minus work space on CUDA
     max_batch_tokens: int = 8192          # token budget of one packed forward
     text_chunk_size: int | None = None    # None: the model's beacon_window
+    video_decode_workers: int = 1         # decord readers per video file, over disjoint segments
+    keyframe_snap: bool = False           # sample the keyframe nearest each uniform index (faster, uneven)
 
     def validate(self) -> None:
         if self.attention_backend not in ("torch", "triton"):
@@ -138,6 +140,8 @@ class EngineConfig:
             raise ValueError("kv_cache_bytes must be positive")
         if self.text_chunk_size is not None and self.text_chunk_size <= 0:
             raise ValueError("text_chunk_size must be positive")
+        if not isinstance(self.video_decode_workers, int) or self.video_decode_workers < 1:
+            raise ValueError("video_decode_workers must be an int >= 1")
         if self.max_batch_tokens <= 0:
             raise ValueError("max_batch_tokens must be positive")
 

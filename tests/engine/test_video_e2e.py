@@ -144,3 +144,15 @@ def test_cli_images_and_jsonl(video, tmp_path, capsys):
     assert main(["generate", "--requests", str(jsonl), "--max-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("frames=") == 2 and "line1:" in out
+
+
+def test_parallel_decoding_and_keyframe_snap(video):
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    req = {"prompt": "Q", "video": video, "num_frames": 24}
+    base = LLM("tiny", device="cpu").generate([req], params, use_tqdm=False)[0]
+    par = LLM("tiny", device="cpu", video_decode_workers=3).generate([req], params, use_tqdm=False)[0]
+    assert par.error is None and par.token_ids == base.token_ids and par.metrics["decode_fps"] > 0
+    snap = LLM("tiny", device="cpu", keyframe_snap=True).generate([req], params, use_tqdm=False)[0]
+    assert snap.error is None and snap.metrics["num_frames"] == 24
+    with pytest.raises(ValueError):
+        LLM("tiny", device="cpu", video_decode_workers=0)

@@ -4,6 +4,7 @@ and the visual token supplier (precomputed embeddings or a streamed video). Ever
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -153,8 +154,11 @@ def visual_from_video(llm, video, num_frames) -> VideoTokens:
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
         raise RequestError(f"num_frames must be an int >= 1, got {num_frames!r}")
     from vxl.engine.video import open_video
+    ec = llm.engine_config
+    is_file = isinstance(video, (str, os.PathLike))
+    options = {"num_workers": ec.video_decode_workers, "keyframe_snap": ec.keyframe_snap} if is_file else {}
     try:
-        source = open_video(video, num_frames)
+        source = open_video(video, num_frames, **options)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)

@@ -42,12 +42,15 @@ class LLM:
     (the real architecture with random weights, for benchmarks), a checkpoint directory in the official
     layout, or an already built `vxl.model.loader.LoadedModel`. device/dtype/attention_backend default to cuda/bfloat16/triton
     when CUDA is available, else cpu/float32/torch. Engine knobs: page_size, num_pages or
-    kv_cache_bytes (size of the page pool), max_batch_tokens (rows per packed forward), text_chunk_size.
+    kv_cache_bytes (size of the page pool), max_batch_tokens (rows per packed forward), text_chunk_size,
+    video_decode_workers (parallel decord readers per video file), keyframe_snap (sample the nearest
+    keyframes instead of exact uniform indices: much faster decoding, slightly uneven spacing).
     """
 
     def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
                  page_size: int = 16, num_pages: int | None = None, kv_cache_bytes: int | None = None,
-                 max_batch_tokens: int = 8192, text_chunk_size: int | None = None, seed: int = 0):
+                 max_batch_tokens: int = 8192, text_chunk_size: int | None = None, video_decode_workers: int = 1,
+                 keyframe_snap: bool = False, seed: int = 0):
         from vxl.model.loader import LoadedModel
         if not isinstance(model, (str, LoadedModel)):
             raise TypeError(f"model must be 'tiny', 'full-random', a checkpoint directory or a LoadedModel, "
@@ -56,7 +59,8 @@ class LLM:
         self.dtype = resolve_dtype(dtype, self.device)
         backend = attention_backend or ("triton" if self.device.type == "cuda" else "torch")
         self.engine_config = EngineConfig(str(self.device), str(self.dtype), backend, page_size, num_pages,
-                                          kv_cache_bytes, max_batch_tokens, text_chunk_size)
+                                          kv_cache_bytes, max_batch_tokens, text_chunk_size, video_decode_workers,
+                                          keyframe_snap)
         self.engine_config.validate()
         self.ops = get_backend(backend)
         self.loaded = self._load(model, seed)
