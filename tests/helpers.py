@@ -36,3 +36,28 @@ def write_checkpoint(path, cfg: ModelConfig, seed: int = 0, num_shards: int = 1,
     save_checkpoint(LoadedModel(model, cfg, None, None, cfg.eos_token_ids, "test"), str(path),
                     num_shards=num_shards, drop=tuple(drop))
     return model
+
+
+def paged_cache(kept_k, kept_v, page_size, permute, spare_pages=1, seed=0):
+    """Pages holding each sequence's K/V [n_b, nkv, hd]; other slots random. -> k_cache, v_cache, block_tables.
+
+    Each block table row has `spare_pages` pages of unused capacity; unused entries are -1.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    num_kv_heads, head_dim = kept_k[0].shape[1:]
+    pages_per_seq = [-(-k.shape[0] // page_size) + spare_pages for k in kept_k]
+    num_pages = sum(pages_per_seq) + 2
+    page_ids = torch.randperm(num_pages, generator=gen) if permute else torch.arange(num_pages)
+    shape = (num_pages, page_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(shape, generator=gen).to(kept_k[0].dtype)
+    v_cache = torch.randn(shape, generator=gen).to(kept_k[0].dtype)
+    block_tables = torch.full((len(kept_k), max(pages_per_seq) + 1), -1, dtype=torch.int32)
+    first = 0
+    for b, (k, v) in enumerate(zip(kept_k, kept_v)):
+        pages = page_ids[first:first + pages_per_seq[b]]
+        first += pages_per_seq[b]
+        block_tables[b, :len(pages)] = pages.to(torch.int32)
+        idx = torch.arange(k.shape[0])
+        k_cache[pages[idx // page_size], idx % page_size] = k
+        v_cache[pages[idx // page_size], idx % page_size] = v
+    return k_cache, v_cache, block_tables

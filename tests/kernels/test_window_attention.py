@@ -6,33 +6,10 @@ import math
 import pytest
 import torch
 
+from helpers import paged_cache
+
 from vxl.kernels import reference
 from vxl.kernels.window_attention import window_attention
-
-
-def paged_cache(kept_k, kept_v, page_size, permute, seed=0):
-    """Pages holding each sequence's kept K/V [n_b, nkv, hd]; other slots random. -> k_cache, v_cache, block_tables.
-
-    Each block table row has one spare page of capacity, and unused entries are -1 (never dereferenced).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    num_kv_heads, head_dim = kept_k[0].shape[1:]
-    pages_per_seq = [-(-k.shape[0] // page_size) + 1 for k in kept_k]
-    num_pages = sum(pages_per_seq) + 2
-    page_ids = torch.randperm(num_pages, generator=gen) if permute else torch.arange(num_pages)
-    shape = (num_pages, page_size, num_kv_heads, head_dim)
-    k_cache = torch.randn(shape, generator=gen).to(kept_k[0].dtype)
-    v_cache = torch.randn(shape, generator=gen).to(kept_k[0].dtype)
-    block_tables = torch.full((len(kept_k), max(pages_per_seq)), -1, dtype=torch.int32)
-    first = 0
-    for b, (k, v) in enumerate(zip(kept_k, kept_v)):
-        pages = page_ids[first:first + pages_per_seq[b]]
-        first += pages_per_seq[b]
-        block_tables[b, :len(pages)] = pages.to(torch.int32)
-        idx = torch.arange(k.shape[0])
-        k_cache[pages[idx // page_size], idx % page_size] = k
-        v_cache[pages[idx // page_size], idx % page_size] = v
-    return k_cache, v_cache, block_tables
 
 
 def make_case(chunk_lens, kept_lens, num_heads, num_kv_heads, head_dim, dtype, seed=0):
@@ -68,7 +45,7 @@ def dense_float64(q, k, v, cu_seqlens, kept_k, kept_v):
 def run(chunk_lens, kept_lens, num_heads, num_kv_heads, head_dim, page_size, dtype, permute=True, seed=0):
     q, k, v, cu_seqlens, kept_k, kept_v = make_case(chunk_lens, kept_lens, num_heads, num_kv_heads, head_dim,
                                                     dtype, seed)
-    k_cache, v_cache, block_tables = paged_cache(kept_k, kept_v, page_size, permute, seed)
+    k_cache, v_cache, block_tables = paged_cache(kept_k, kept_v, page_size, permute, seed=seed)
     cache_before = (k_cache.clone(), v_cache.clone())
     args = (q, k, v, k_cache, v_cache, block_tables, torch.tensor(kept_lens), cu_seqlens)
     out = window_attention(*args)

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vxl.kernels.paged import load_paged_kv_tile, online_softmax_step
+
 LOG2E = 1.4426950408889634
 
 
@@ -47,22 +49,13 @@ def _decode_partition_kernel(
     for n0 in range(part_start, part_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < part_end
-        page = tl.load(block_tables_ptr + seq * stride_block_tables_b + offs_n // PAGE_SIZE,
-                       mask=n_mask, other=0)
-        slot = offs_n % PAGE_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k_offs = page * stride_k_cache_page + slot * stride_k_cache_slot + kv_head * stride_k_cache_head
-        v_offs = page * stride_v_cache_page + slot * stride_v_cache_slot + kv_head * stride_v_cache_head
-        k = tl.load(k_cache_ptr + k_offs[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(dtype)
-        v = tl.load(v_cache_ptr + v_offs[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(dtype)
+        k, v = load_paged_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_block_tables_b,
+                                  offs_n, n_mask, offs_d, d_mask, kv_head,
+                                  stride_k_cache_page, stride_k_cache_slot, stride_k_cache_head,
+                                  stride_v_cache_page, stride_v_cache_slot, stride_v_cache_head, PAGE_SIZE, dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_G, BLOCK_N), log2 units
         qk = tl.where(n_mask[None, :], qk, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.exp2(qk - m_ij[:, None])
-        alpha = tl.exp2(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m_i = m_ij
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v, dtype, DOT_PRECISION)
 
     out_offs = seq * stride_partial_out_b + heads * stride_partial_out_h + part * stride_partial_out_p
     tl.store(partial_out_ptr + out_offs[:, None] + offs_d[None, :], acc / l_i[:, None],

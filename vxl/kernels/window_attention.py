@@ -11,18 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from vxl.kernels.paged import load_paged_kv_tile, online_softmax_step
+
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _online_softmax_step(acc, m_i, l_i, qk, v, DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # qk is already in log2 units and masked with -inf; every row has seen a visible column before or here.
-    m_ij = tl.maximum(m_i, tl.max(qk, axis=1))
-    p = tl.exp2(qk - m_ij[:, None])
-    alpha = tl.exp2(m_i - m_ij)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = tl.dot(p.to(DTYPE), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-    return acc, m_ij, l_i
 
 
 @triton.jit
@@ -70,21 +61,17 @@ def _window_attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # 1) kept entries, all visible: entry j lives in page block_table[j // PAGE_SIZE], slot j % PAGE_SIZE.
+    # 1) kept entries, all visible, gathered through the block table
     for n0 in range(0, num_kept, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < num_kept
-        page = tl.load(block_tables_ptr + seq * stride_block_tables_b + offs_n // PAGE_SIZE,
-                       mask=n_mask, other=0).to(tl.int32)  # int32 offsets: fewer registers, no spills
-        slot = offs_n % PAGE_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k_offs = page * stride_k_cache_page + slot * stride_k_cache_slot + kv_head * stride_k_cache_head
-        v_offs = page * stride_v_cache_page + slot * stride_v_cache_slot + kv_head * stride_v_cache_head
-        k = tl.load(k_cache_ptr + k_offs[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(dtype)
-        v = tl.load(v_cache_ptr + v_offs[:, None] + offs_d[None, :], mask=kv_mask, other=0.0).to(dtype)
+        k, v = load_paged_kv_tile(k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_block_tables_b,
+                                  offs_n, n_mask, offs_d, d_mask, kv_head,
+                                  stride_k_cache_page, stride_k_cache_slot, stride_k_cache_head,
+                                  stride_v_cache_page, stride_v_cache_slot, stride_v_cache_head, PAGE_SIZE, dtype)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         qk = tl.where(n_mask[None, :], qk, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, qk, v, dtype, DOT_PRECISION)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v, dtype, DOT_PRECISION)
 
     # 2) the chunk itself, causal: columns before the tile need no mask, the diagonal tile does.
     row_end = tl.minimum(row0 + BLOCK_M, num_rows)
@@ -98,7 +85,7 @@ def _window_attention_kernel(
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if n0 + BLOCK_N > row0:
             qk = tl.where((offs_n[None, :] <= offs_m[:, None]) & n_mask[None, :], qk, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, qk, v, dtype, DOT_PRECISION)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, qk, v, dtype, DOT_PRECISION)
 
     out = acc / l_i[:, None]
     tl.store(out_ptr + (chunk_start + offs_m)[:, None] * stride_out_t + head * stride_out_h + offs_d[None, :],
