@@ -94,14 +94,13 @@ def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.T
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [n, nh, hd], k/v [m, nkv, hd], mask [n, m] bool (True = visible); softmax in float32."""
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    scores = torch.einsum("nhd,mhd->hnm", q.float(), k.float()) * scale
-    scores = scores.masked_fill(~mask[None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(q.dtype)
-    return torch.einsum("hnm,mhd->nhd", probs.float(), v.float()).to(q.dtype)
+    """q [n, nh, hd], k/v [m, nkv, hd], mask [n, m] bool (True = visible) -> [n, nh, hd].
+
+    PyTorch SDPA with native GQA: its fused kernels keep the softmax in float32 and never materialise the
+    n x m score matrix per head, so the torch backend's memory stays flat as the kept cache grows."""
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                         attn_mask=mask, scale=scale, enable_gqa=True)   # (1, nh, n, hd)
+    return out[0].transpose(0, 1)
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
