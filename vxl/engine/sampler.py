@@ -8,6 +8,9 @@ import torch
 
 @dataclass
 class SamplingParams:
+    """temperature 0 = greedy. Without a `seed`, request i of a `generate` call samples with seed
+    `LLM(seed=...) + i`, so runs are reproducible. `logprobs` = k: per generated token, the log-softmax of
+    the model's logits for the top k tokens and the chosen one."""
     max_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
