@@ -110,3 +110,17 @@ def test_bad_engine_arguments_raise(tmp_path, kwargs):
     write_checkpoint(tmp_path, small_config(), seed=13)
     with pytest.raises((ValueError, TypeError)):
         LLM(**{"model": str(tmp_path), "device": "cpu", **kwargs})
+
+
+def test_requests_that_do_not_fit_together_wait_their_turn(tmp_path):
+    write_checkpoint(tmp_path, small_config(), seed=14)
+    roomy = LLM(str(tmp_path), device="cpu", dtype="float32", page_size=4)
+    tight = LLM(str(tmp_path), device="cpu", dtype="float32", page_size=4, num_pages=12)  # one request at a time
+    reqs = [make_request(s, num_visual=60, ratio=2) for s in (15, 16, 17)]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    expected = [o.token_ids for o in roomy.generate(reqs, params, use_tqdm=False)]
+    got = tight.generate(reqs, params, use_tqdm=False)
+    assert [o.error for o in got] == [None] * 3 and [o.token_ids for o in got] == expected
+    peak = got[0].metrics["peak_kv_pool_bytes"] // (4 * tight.bytes_per_token)
+    assert peak <= 12
+    assert_pool_empty(tight)
