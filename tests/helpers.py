@@ -61,3 +61,12 @@ def paged_cache(kept_k, kept_v, page_size, permute, spare_pages=1, seed=0):
         k_cache[pages[idx // page_size], idx % page_size] = k
         v_cache[pages[idx // page_size], idx % page_size] = v
     return k_cache, v_cache, block_tables
+
+
+def assert_half_error_within_twice_torch(out, ref_half, ref64) -> None:
+    """A kernel's fp16 error vs float64 is at most twice the fp16 torch reference's own error (STYLE)."""
+    assert out.dtype == torch.float16
+    err = (out.double() - ref64).abs().max().item()
+    err_torch = (ref_half.double() - ref64).abs().max().item()
+    assert err <= 2 * err_torch + 1e-6, f"kernel error {err:.2e} vs torch fp16 error {err_torch:.2e}"
+    assert err <= 1e-3 * max(1.0, ref64.abs().max().item()), f"kernel fp16 error {err:.2e}"
