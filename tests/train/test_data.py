@@ -1,0 +1,86 @@
+"""Synthetic videos: deterministic from the seed, and every answer is right about what was drawn."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vxl.train.data import LETTERS, TASKS, make_sample, stretch
+from vxl.train.render import COLOURS
+
+
+def frames_showing(frames: np.ndarray, colour: str) -> set[int]:
+    """Frames with at least 40 pixels within 20 levels of `colour` (backgrounds never get that bright)."""
+    near = np.abs(frames.astype(np.int16) - np.array(COLOURS[colour])).max(-1) <= 20
+    return set(np.nonzero(near.sum((1, 2)) >= 40)[0].tolist())
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_deterministic_from_seed(task):
+    a, b, c = (make_sample(task, 40, seed, open_prob=0.5) for seed in ([1, 2], [1, 2], [1, 3]))
+    assert np.array_equal(a.frames, b.frames) and [q.__dict__ for q in a.qas] == [q.__dict__ for q in b.qas]
+    assert a.events == b.events
+    assert not np.array_equal(a.frames, c.frames)
+    assert a.frames.dtype == np.uint8 and a.frames.shape == (40, 64, 64, 3)
+
+
+def check_choice(qa, right: str) -> None:
+    assert qa.right == right and len(qa.options) == 4 and len(set(qa.options)) == 4
+    assert qa.options[LETTERS.index(qa.answer)] == right
+    for letter, option in zip(LETTERS, qa.options):
+        assert f"{letter}) {option}" in qa.prompt
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_retrieval_answers_name_the_needle(seed):
+    s = make_sample("retrieval", 48, [7, seed])
+    (start, length, thing), = s.events
+    assert length == 1
+    assert frames_showing(s.frames, thing.colour) == {start}
+    check_choice(s.qas[0], thing.colour)
+    check_choice(s.qas[1], thing.shape if thing.shape is not None else thing.digit)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ordering_answers_follow_time(seed):
+    s = make_sample("ordering", 64, [8, seed])
+    (f0, _, first), (f1, _, last) = s.events
+    assert f0 < f1 and first.colour != last.colour
+    assert min(frames_showing(s.frames, first.colour)) < min(frames_showing(s.frames, last.colour))
+    by_question = {qa.prompt.split("\n")[0]: qa for qa in s.qas}
+    check_choice(by_question["Which colour appeared first?"], first.colour)
+    check_choice(by_question["Which colour appeared last?"], last.colour)
+    assert last.colour in by_question["Which colour appeared first?"].options     # order, not presence
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_counting_answer_is_the_number_of_frames_with_the_colour(seed):
+    s = make_sample("counting", 64, [9, seed], cover=1.0)          # counting is never stretched
+    qa, = s.qas
+    target = qa.prompt.split(" object")[0].split()[-1]
+    shown = frames_showing(s.frames, target)
+    assert len(shown) == sum(t.colour == target for _, _, t in s.events) == int(qa.right)
+    assert all(length == 1 for _, length, _ in s.events)
+    check_choice(qa, qa.right)
+
+
+def test_depth_places_the_needle():
+    assert make_sample("retrieval", 30, 1, depth=0.0).events[0][0] == 0
+    assert make_sample("retrieval", 30, 1, depth=1.0).events[0][0] == 29
+    assert make_sample("retrieval", 31, 1, depth=0.5).events[0][0] == 15
+
+
+def test_cover_stretches_events_in_order_with_gaps():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(20, 200))
+        starts = sorted(rng.choice(n, size=int(rng.integers(1, 4)), replace=False).tolist())
+        spans = stretch(rng, starts, n, float(rng.uniform(0.1, 1.0)))
+        assert all(length >= 1 for _, length in spans) and spans[-1][0] + spans[-1][1] <= n
+        for (a, la), (b, _) in zip(spans, spans[1:]):
+            assert a + la < b                   # a blank frame between consecutive events
+    assert stretch(rng, [5, 9], 20, 0.0) == [(5, 1), (9, 1)]
+
+
+def test_open_ended_answers_are_words():
+    s = make_sample("retrieval", 16, 4, open_prob=1.0)
+    assert all(qa.options == [] and qa.answer == qa.right and "Answer with one word." in qa.prompt for qa in s.qas)

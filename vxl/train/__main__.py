@@ -1,0 +1,40 @@
+"""`python -m vxl.train`: train the demo Video-XL on synthetic long videos (resumable with --resume) and
+export it in the official checkpoint layout (--export DIR)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from vxl.train.loop import TrainConfig, train
+
+
+def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m vxl.train", description=__doc__)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("arch", "task_weights", "pretrain"):
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
+                       default=getattr(defaults, f.name))
+    p.add_argument("--task-weights", type=float, nargs=3, default=defaults.task_weights,
+                   help="sampling weights of retrieval, ordering, counting")
+    p.add_argument("--arch", type=json.loads, default={}, help='JSON overrides of DemoArch, e.g. {"hidden_size": 96}')
+    p.add_argument("--pretrain", type=json.loads, default={}, help='JSON overrides of PretrainConfig, e.g. {"steps": 500}')
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/state.pt if it exists")
+    p.add_argument("--export", default=None, help="write the trained model here (official layout) at the end")
+    p.add_argument("--stop-after", type=int, default=None, help="pause after this step (continue with --resume)")
+    args = p.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in ("arch", "pretrain")}
+    return TrainConfig.from_dict({**values, "arch": args.arch, "pretrain": args.pretrain}), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_args(argv)
+    train(cfg, resume=args.resume, export_dir=args.export, stop_after=args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

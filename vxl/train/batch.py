@@ -1,0 +1,81 @@
+"""Training batches: B synthetic videos of one length -> preprocessed pixels, the shared prompt prefix,
+one text row per question (the engine's chat-template ids after the video, then the answer ids) and the
+answer-token targets; plus the next-token loss on those answer tokens only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vxl.config import IMAGE_TOKEN_INDEX
+from vxl.engine.inputs import prompt_ids_from_text
+from vxl.engine.preprocess import preprocess_frames
+from vxl.train.data import VideoSample
+from vxl.train.forward import encode_video, text_logits, visual_tokens
+
+
+@dataclass
+class TrainBatch:
+    pixels: torch.Tensor        # [B, F, 3, S, S] float32, CLIP-preprocessed
+    prefix_ids: torch.Tensor    # [P] chat-template text before the video (the same for every request)
+    text_ids: torch.Tensor      # [R, n] after-video prompt + answer (+ im_end), right padded
+    video_idx: torch.Tensor     # [R] the video each row asks about
+    rows: torch.Tensor          # [A] flat positions (r * n + t) whose logits predict an answer token
+    targets: torch.Tensor       # [A] the answer token each of those positions predicts
+    ratios: list[int]           # one compression ratio per window
+
+
+def split_prompt(tokenizer, prompt: str) -> tuple[list[int], list[int]]:
+    """Token ids before and after the video placeholder, exactly as the engine builds them."""
+    ids = prompt_ids_from_text(tokenizer, prompt, True)
+    p = ids.index(IMAGE_TOKEN_INDEX)
+    return ids[:p], ids[p + 1:]
+
+
+def answer_ids(tokenizer, answer: str, eos_id: int) -> list[int]:
+    return tokenizer.encode(answer, add_special_tokens=False) + [eos_id]
+
+
+def make_batch(samples: list[VideoSample], tokenizer, processor, eos_id: int, pad_id: int,
+               ratios: list[int]) -> TrainBatch:
+    lengths = {len(s.frames) for s in samples}
+    if len(lengths) != 1:
+        raise ValueError(f"videos of one batch must have the same length, got {sorted(lengths)}")
+    frames = torch.from_numpy(np.stack([s.frames for s in samples]))                 # (B, F, S, S, 3)
+    pixels = preprocess_frames(frames.flatten(0, 1), processor).unflatten(0, frames.shape[:2])
+    prefix, seqs, answer_spans, video_idx = None, [], [], []
+    for b, sample in enumerate(samples):
+        for qa in sample.qas:
+            before, after = split_prompt(tokenizer, qa.prompt)
+            if prefix is not None and before != prefix:
+                raise ValueError("prompts of one batch must share the text before the video")
+            prefix = before
+            ans = answer_ids(tokenizer, qa.answer, eos_id)
+            answer_spans.append((len(after), len(ans)))
+            seqs.append(after + ans)
+            video_idx.append(b)
+    n = max(len(s) for s in seqs)
+    text = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    rows, targets = [], []
+    for r, (seq, (start, count)) in enumerate(zip(seqs, answer_spans)):
+        text[r, :len(seq)] = torch.tensor(seq)
+        rows += [r * n + start - 1 + j for j in range(count)]       # logits at t predict token t + 1
+        targets += seq[start:start + count]
+    return TrainBatch(pixels, torch.tensor(prefix), text, torch.tensor(video_idx), torch.tensor(rows),
+                      torch.tensor(targets), list(ratios))
+
+
+def batch_logits(model, batch: TrainBatch) -> torch.Tensor:
+    """float32 logits [A, vocab] at the answer-predicting positions of the batch."""
+    visual = visual_tokens(model, batch.pixels)
+    kept = encode_video(model, batch.prefix_ids, visual, batch.ratios)
+    return text_logits(model, kept, batch.text_ids, batch.video_idx, batch.rows)
+
+
+def batch_loss(model, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean next-token cross-entropy over answer tokens, per-token correctness [A] bool)."""
+    logits = batch_logits(model, batch)
+    return F.cross_entropy(logits, batch.targets), logits.argmax(-1) == batch.targets

@@ -1,0 +1,166 @@
+"""Synthetic long videos with VNBench-style questions: retrieval (the colour / shape / digit of the thing
+that appeared once), ordering (which of two things came first / last) and counting (how many times a
+colour appeared). 4-option multiple choice (answer: the letter); training also mixes in open-ended
+forms (answer: the word). A sample is a pure function of (task, num_frames, seed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vxl.train.render import COLOURS, DIGITS, SHAPES, Thing, background, draw_thing, to_uint8
+
+TASKS = ("retrieval", "ordering", "counting")
+LETTERS = "ABCD"
+INSTRUCTION = "Answer with the option's letter."
+OPEN_INSTRUCTION = "Answer with one word."
+MAX_COUNT = 4
+
+
+@dataclass
+class QA:
+    """One question about a video. `prompt` is what goes into the engine's `prompt` (the chat template is
+    added around it); `answer` is the text the model must generate (a letter, or a word when open)."""
+    task: str
+    prompt: str
+    answer: str
+    options: list[str] = field(default_factory=list)
+    right: str = ""              # the right option's text
+
+
+@dataclass
+class VideoSample:
+    frames: np.ndarray           # uint8 [T, S, S, 3]
+    task: str
+    qas: list[QA]
+    events: list[tuple[int, int, Thing]]   # (first frame, number of frames, thing shown), in time order
+
+
+def multiple_choice(rng: np.random.Generator, task: str, question: str, right: str, pool: list[str],
+                    must: tuple[str, ...] = ()) -> QA:
+    """`right`, the wrong options in `must`, and random wrong ones from `pool` (4 distinct options),
+    shuffled; the answer is the right one's letter."""
+    wrong = [o for o in pool if o != right and o not in must]
+    extra = rng.choice(wrong, size=len(LETTERS) - 1 - len(must), replace=False)
+    options = [right, *must] + [str(o) for o in extra]
+    rng.shuffle(options)
+    lines = "\n".join(f"{letter}) {opt}" for letter, opt in zip(LETTERS, options))
+    prompt = f"{question}\n{lines}\n{INSTRUCTION}"
+    return QA(task, prompt, LETTERS[options.index(right)], options, right)
+
+
+def open_ended(task: str, question: str, right: str) -> QA:
+    return QA(task, f"{question} {OPEN_INSTRUCTION}", right, [], right)
+
+
+def make_qa(rng: np.random.Generator, task: str, question: str, right: str, pool: list[str],
+            open_prob: float, must: tuple[str, ...] = ()) -> QA:
+    if open_prob > 0 and rng.uniform() < open_prob:
+        return open_ended(task, question, right)
+    return multiple_choice(rng, task, question, right, pool, must)
+
+
+def spread_frames(rng: np.random.Generator, num_frames: int, count: int, min_gap: int) -> list[int]:
+    """`count` sorted distinct frame indices at least `min_gap` apart (the gap shrinks if they cannot fit)."""
+    if count > num_frames:
+        raise ValueError(f"{count} events do not fit in {num_frames} frames")
+    gap = max(1, min(min_gap, num_frames // max(1, count)))
+    slack = num_frames - 1 - gap * (count - 1)
+    base = np.sort(rng.choice(slack + 1, size=count, replace=True))
+    return [int(b + i * gap) for i, b in enumerate(base)]
+
+
+def random_thing(rng: np.random.Generator, colours: list[str] | None = None, allow_digit: bool = True) -> Thing:
+    colour = str(rng.choice(colours or list(COLOURS)))
+    if allow_digit and rng.uniform() < 0.4:
+        return Thing(colour, digit=str(rng.choice(DIGITS)))
+    return Thing(colour, shape=str(rng.choice(SHAPES)))
+
+
+def retrieval(rng, num_frames: int, open_prob: float, depth: float | None = None):
+    """One thing appears on one frame (at `depth` of the video when given); ask its colour and its shape
+    or digit."""
+    idx = int(rng.integers(num_frames)) if depth is None else int(round(depth * (num_frames - 1)))
+    thing = random_thing(rng)
+    qas = [make_qa(rng, "retrieval", "What colour was the object that appeared once?", thing.colour,
+                   list(COLOURS), open_prob)]
+    if thing.shape is not None:
+        qas.append(make_qa(rng, "retrieval", "What shape was the object that appeared once?", thing.shape,
+                           list(SHAPES), open_prob))
+    else:
+        qas.append(make_qa(rng, "retrieval", "Which digit appeared once?", thing.digit, list(DIGITS), open_prob))
+    return [(idx, thing)], qas
+
+
+def ordering(rng, num_frames: int, open_prob: float):
+    """Two things of different colours on two frames; ask which colour came first and which came last."""
+    colours = [str(c) for c in rng.choice(list(COLOURS), size=2, replace=False)]
+    frames = spread_frames(rng, num_frames, 2, max(2, num_frames // 8))
+    events = [(f, random_thing(rng, [c])) for f, c in zip(frames, colours)]
+    # the other thing's colour is always a wrong option: knowing which colours appeared is not enough
+    qas = [make_qa(rng, "ordering", "Which colour appeared first?", colours[0], list(COLOURS), open_prob,
+                   (colours[1],)),
+           make_qa(rng, "ordering", "Which colour appeared last?", colours[1], list(COLOURS), open_prob,
+                   (colours[0],))]
+    return events, [qas[i] for i in rng.permutation(2)]
+
+
+def counting(rng, num_frames: int, open_prob: float):
+    """A target colour appears 1..4 times, 0..2 other-coloured things appear too; ask the target's count."""
+    target, *others = [str(c) for c in rng.choice(list(COLOURS), size=3, replace=False)]
+    count = min(int(rng.integers(1, MAX_COUNT + 1)), max(1, num_frames // 2))    # very short videos: fewer
+    num_other = min(int(rng.integers(0, 3)), max(0, num_frames // 2 - count))
+    colours = [target] * count + [str(rng.choice(others)) for _ in range(num_other)]
+    rng.shuffle(colours)
+    frames = spread_frames(rng, num_frames, len(colours), max(2, num_frames // 16))
+    events = [(f, random_thing(rng, [c])) for f, c in zip(frames, colours)]
+    pool = [str(n) for n in range(1, MAX_COUNT + 1)]
+    article = "an" if target[0] in "aeiou" else "a"
+    qa = make_qa(rng, "counting", f"How many times did {article} {target} object appear?", str(count), pool,
+                 open_prob)
+    return events, [qa]
+
+
+GENERATORS = {"retrieval": retrieval, "ordering": ordering, "counting": counting}
+
+
+def stretch(rng: np.random.Generator, starts: list[int], num_frames: int, cover: float) -> list[tuple[int, int]]:
+    """(first frame, length) of each event. cover = 0: single frames at `starts`. cover > 0 (training
+    curriculum): each event spreads over about cover x its share of the video around its start, keeping
+    the order of events and a blank frame between them; cover = 1 with one event fills the video."""
+    if cover <= 0:
+        return [(s, 1) for s in starts]
+    n = len(starts)
+    lo = [0] + [s + 1 for s in starts[:-1]]              # an event may extend back to just after the previous
+    hi = [s - 1 for s in starts[1:]] + [num_frames]        # and forward to just before the next
+    spans = []
+    for i, s in enumerate(starts):
+        left, right = (lo[i] + s) // 2 if i else 0, (s + hi[i]) // 2 if i < n - 1 else num_frames
+        length = max(1, int(round(cover * rng.uniform(0.5, 1.0) * (right - left))))
+        first = int(np.clip(s - length // 2, left, max(left, right - length)))
+        spans.append((first, min(length, right - first)))
+    return spans
+
+
+def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: float = 0.0,
+                depth: float | None = None, cover: float = 0.0) -> VideoSample:
+    """The video and its questions for one seed (an int or a sequence of ints, as numpy's SeedSequence).
+    Each event shows its thing on 1 frame, or (training curriculum, `cover` > 0) on a run of frames."""
+    if task not in GENERATORS:
+        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    if num_frames < 1:
+        raise ValueError("num_frames must be >= 1")
+    if depth is not None and task != "retrieval":
+        raise ValueError("depth applies to the retrieval task only")
+    rng = np.random.default_rng(seed)
+    events, qas = GENERATORS[task](rng, num_frames, open_prob, **({"depth": depth} if depth is not None else {}))
+    events = sorted(events, key=lambda e: e[0])
+    # counting counts frames: its things are never stretched
+    spans = stretch(rng, [e[0] for e in events], num_frames, cover if task != "counting" else 0.0)
+    frames = background(rng, num_frames, size)
+    for (start, length), (_, thing) in zip(spans, events):
+        look = int(rng.integers(2**31))        # the same size, place and tint on every frame of the event
+        for idx in range(start, start + length):
+            draw_thing(np.random.default_rng(look), frames[idx], thing)
+    return VideoSample(to_uint8(frames), task, qas, [(s, n, t) for (s, n), (_, t) in zip(spans, events)])

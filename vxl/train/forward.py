@@ -1,0 +1,140 @@
+"""Differentiable training forward of Video-XL (DESIGN.md section 1), batched over B videos of the same
+length, through the model's own modules: prefix text, then windows with interleaved VSTs (beacon q/k/v
+and embedding; attention over kept K/V + the causal window; only VSTs' K/V kept), then question + answer
+rows that attend to their video's kept K/V. Each window may have its own ratio; loss on answers only.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vxl.engine.vst import window_lengths
+from vxl.kernels.reference import apply_rope
+from vxl.model.video_llm import VideoXLForCausalLM
+
+KV = tuple[torch.Tensor, torch.Tensor]      # (k post-RoPE at kept positions, v), each [B, M, nkv, hd]
+
+
+def window_slots(num_raw: int, ratio: int, rem: int) -> tuple[torch.Tensor, int]:
+    """is_vst [num_raw + nb] of one window and the remainder carried on (vxl.engine.vst.interleave),
+    refusing a remainder that the next window's ratio cannot place (rem >= ratio)."""
+    if ratio < 1 or rem >= ratio:
+        raise ValueError(f"ratio {ratio} cannot follow a carried remainder of {rem} tokens")
+    num_vst = (num_raw + rem) // ratio
+    slots = torch.arange(num_raw + num_vst)
+    return slots % (ratio + 1) == ratio - rem, (num_raw + rem) % ratio
+
+
+def _linear_qkv(attn, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    mods = [getattr(attn, f"{prefix}{n}_proj") for n in "qkv"]
+    return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
+
+
+def typed_linear(x: torch.Tensor, is_vst: torch.Tensor | None, ordinary: tuple, beacon: tuple) -> torch.Tensor:
+    """x [B, n, Hin] -> [B, n, Hout]: VST slots (is_vst [n]) use `beacon` (w, b), the others `ordinary`."""
+    if is_vst is None:
+        return F.linear(x, *ordinary)
+    raw_idx, vst_idx = (~is_vst).nonzero()[:, 0], is_vst.nonzero()[:, 0]
+    out_raw = F.linear(x[:, raw_idx], *ordinary)
+    out = x.new_zeros(x.shape[0], x.shape[1], out_raw.shape[-1]).index_copy(1, raw_idx, out_raw)
+    return out.index_copy(1, vst_idx, F.linear(x[:, vst_idx], *beacon))
+
+
+def layer_forward(layer, x: torch.Tensor, kept: KV, positions: torch.Tensor,
+                  is_vst: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoder layer on slots x [B, n, H] attending to kept (k, v) [B, M, nkv, hd] (all visible) and
+    to themselves causally. Returns (x out, k before RoPE, v) of the slots, each [B, n, nkv, hd] for k/v."""
+    attn = layer.self_attn
+    nh, nkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    b, n, _ = x.shape
+    h = layer.input_layernorm(x)
+    beacon = _linear_qkv(attn, "beacon_") if is_vst is not None else None
+    qkv = typed_linear(h, is_vst, _linear_qkv(attn, ""), beacon)
+    q, k_pre, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q = apply_rope(q.reshape(b, n, nh, hd), positions, attn.rope_theta)
+    k_pre, v = k_pre.reshape(b, n, nkv, hd), v.reshape(b, n, nkv, hd)
+    k = apply_rope(k_pre, positions, attn.rope_theta)
+    m = kept[0].shape[1]
+    keys = torch.cat([kept[0], k], 1).transpose(1, 2)                     # (B, nkv, M+n, hd)
+    values = torch.cat([kept[1], v], 1).transpose(1, 2)
+    mask = torch.ones(n, m + n, dtype=torch.bool, device=x.device)
+    mask[:, m:] = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
+                                         scale=1.0 / math.sqrt(hd), enable_gqa=True)
+    out = out.transpose(1, 2).reshape(b, n, nh * hd)                     # (B, n, nh*hd)
+    if attn.beacon_o_proj is not None and is_vst is not None:
+        out = typed_linear(out, is_vst, (attn.o_proj.weight, None), (attn.beacon_o_proj.weight, None))
+    else:
+        out = attn.o_proj(out)
+    x = x + out
+    return x + layer.mlp(layer.post_attention_layernorm(x)), k_pre, v
+
+
+def run_layers(model: VideoXLForCausalLM, x: torch.Tensor, kept: list[KV], positions: torch.Tensor,
+               is_vst: torch.Tensor | None, keep: torch.Tensor | None,
+               kept_positions: torch.Tensor | None) -> tuple[torch.Tensor, list[KV]]:
+    """All layers on x [B, n, H]; returns the last hidden [B, n, H] and the kept K/V with the rows
+    `keep` [n] bool appended (K rotated at kept_positions); keep=None keeps nothing."""
+    new_kept = []
+    for layer, kv in zip(model.model.layers, kept):
+        x, k_pre, v = layer_forward(layer, x, kv, positions, is_vst)
+        if keep is None:
+            new_kept.append(kv)
+            continue
+        k_keep = apply_rope(k_pre[:, keep], kept_positions, layer.self_attn.rope_theta)
+        new_kept.append((torch.cat([kv[0], k_keep], 1), torch.cat([kv[1], v[:, keep]], 1)))
+    return x, new_kept
+
+
+def empty_kept(model: VideoXLForCausalLM, batch: int, like: torch.Tensor) -> list[KV]:
+    attn = model.model.layers[0].self_attn
+    z = like.new_zeros(batch, 0, attn.num_kv_heads, attn.head_dim)
+    return [(z, z) for _ in model.model.layers]
+
+
+def encode_video(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: torch.Tensor,
+                 ratios: list[int]) -> list[KV]:
+    """Kept K/V after the prefix (all kept) and every window of visual [B, V, H] (VSTs kept only).
+    ratios: one per window (len = number of windows of beacon_window tokens)."""
+    b, num_visual, _ = visual.shape
+    lengths = window_lengths(num_visual, model.config.beacon_window)
+    if len(ratios) != len(lengths):
+        raise ValueError(f"{len(ratios)} ratios for {len(lengths)} windows")
+    x = model.model.embed_tokens(prefix_ids)[None].expand(b, -1, -1)
+    pos = torch.arange(len(prefix_ids), device=visual.device)
+    _, kept = run_layers(model, x, empty_kept(model, b, visual), pos, None, torch.ones_like(pos, dtype=torch.bool), pos)
+    start, rem = 0, 0
+    beacon = model.model.beacon_embed_tokens.weight[0]
+    for length, ratio in zip(lengths, ratios):
+        is_vst, rem = window_slots(length, ratio, rem)
+        is_vst = is_vst.to(visual.device)
+        m, n, nb = kept[0][0].shape[1], len(is_vst), int(is_vst.sum())
+        slots = beacon.expand(b, n, -1).index_copy(1, (~is_vst).nonzero()[:, 0], visual[:, start:start + length])
+        start += length
+        if nb == 0:     # a window with no VST leaves nothing behind (its raw K/V are dropped)
+            continue
+        pos = torch.arange(m, m + n, device=visual.device)
+        _, kept = run_layers(model, slots, kept, pos, is_vst, is_vst, torch.arange(m, m + nb, device=visual.device))
+    return kept
+
+
+def text_logits(model: VideoXLForCausalLM, kept: list[KV], text_ids: torch.Tensor, video_idx: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Text after the video: text_ids [R, n] (right padded), row i attends to video video_idx[i]'s kept
+    K/V. Returns float32 logits [R, n, vocab], or [k, vocab] at the flat positions `rows` (r * n + t)."""
+    r, n = text_ids.shape
+    kept = [(k.index_select(0, video_idx), v.index_select(0, video_idx)) for k, v in kept]
+    m = kept[0][0].shape[1]
+    pos = torch.arange(m, m + n, device=text_ids.device)
+    hidden, _ = run_layers(model, model.model.embed_tokens(text_ids), kept, pos, None, None, None)
+    if rows is None:
+        return model.compute_logits(hidden)
+    return model.compute_logits(hidden.reshape(r * n, -1)[rows])
+
+
+def visual_tokens(model: VideoXLForCausalLM, pixels: torch.Tensor) -> torch.Tensor:
+    """Preprocessed frames [B, F, 3, S, S] -> visual embeddings [B, F * tokens_per_frame, H]."""
+    b = pixels.shape[0]
+    return model.encode_frames(pixels.flatten(0, 1)).reshape(b, -1, model.config.hidden_size)

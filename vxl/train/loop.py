@@ -1,0 +1,168 @@
+"""The training loop: deterministic from a seed (step s draws its videos, lengths and per-window ratios
+from (seed, s)), resumable from `state.pt` in the run directory, AdamW with warmup + cosine decay, a
+length curriculum, and the final export in the official Video-XL checkpoint layout.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from vxl.engine.vst import window_lengths
+from vxl.model.tiny import save_checkpoint
+from vxl.train.arch import DemoArch, build_demo_model
+from vxl.train.batch import TrainBatch, batch_loss, make_batch
+from vxl.train.data import TASKS, make_sample
+from vxl.train.pretrain import PretrainConfig, pretrain_vision
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/demo"
+    seed: int = 0
+    steps: int = 2000
+    batch_frames: int = 1024            # videos per step = clamp(batch_frames // frames, min_batch, max_batch)
+    min_batch: int = 4
+    max_batch: int = 16
+    lr: float = 1e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    min_frames: int = 8
+    max_frames: int = 256
+    # curriculum: "image-like" clips first (short, things shown on many frames, no counting), then things
+    # shrink to single frames (cover -> 0 at cover_steps) while the longest video grows to max_frames
+    hold_steps: int = 300
+    hold_frames: int = 16
+    cover: float = 1.0
+    cover_steps: int = 900
+    ramp_steps: int = 1500
+    task_weights: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.3])   # in TASKS order
+    open_prob_start: float = 0.8        # share of questions asked open-ended (answer: the word), falling
+    open_prob_end: float = 0.25         # linearly over the run (evaluation: multiple choice only)
+    save_every: int = 50
+    log_every: int = 10
+    num_threads: int = 1
+    arch: DemoArch = field(default_factory=DemoArch)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        return cls(**{**d, "arch": DemoArch(**d.get("arch", {})), "pretrain": PretrainConfig(**d.get("pretrain", {}))})
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _ramp(step: int, start: int, end: int) -> float:
+    """0 before `start`, 1 from `end`, linear in between."""
+    return min(1.0, max(0.0, (step - start) / max(1, end - start)))
+
+
+def frames_at(cfg: TrainConfig, step: int, rng: np.random.Generator) -> int:
+    """Video length of a step: uniform in [min_frames, the curriculum's current longest], a multiple of 4."""
+    longest = cfg.hold_frames + _ramp(step, cfg.hold_steps, cfg.ramp_steps) * (cfg.max_frames - cfg.hold_frames)
+    return max(4, int(rng.uniform(cfg.min_frames, longest + 1)) // 4 * 4)
+
+
+def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
+    """The batch of step `step`: a pure function of (cfg.seed, step)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    num_frames = frames_at(cfg, step, rng)
+    batch = int(np.clip(cfg.batch_frames // num_frames, cfg.min_batch, cfg.max_batch))
+    weights = np.array(cfg.task_weights, dtype=float)
+    if step < cfg.hold_steps:
+        weights[TASKS.index("counting")] = 0.0
+    tasks = rng.choice(TASKS, size=batch, p=weights / weights.sum())
+    cover = cfg.cover * (1 - _ramp(step, cfg.hold_steps, cfg.cover_steps))
+    open_prob = cfg.open_prob_start + _ramp(step, 0, cfg.steps - 1) * (cfg.open_prob_end - cfg.open_prob_start)
+    samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, open_prob, cover=cover)
+               for b, t in enumerate(tasks)]
+    num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
+    ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
+    tok = loaded.tokenizer
+    return make_batch(samples, tok, loaded.image_processor, tok.convert_tokens_to_ids("<|im_end|>"),
+                      tok.convert_tokens_to_ids("<|endoftext|>"), ratios)
+
+
+def save_state(path: str, model, opt, step: int, cfg: TrainConfig) -> None:
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp)
+    os.replace(tmp, path)      # a crash mid-save leaves the previous state intact
+
+
+def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
+          stop_after: int | None = None) -> dict:
+    """Run (or resume) training to cfg.steps, or only up to step `stop_after` (a resumable pause); export
+    the model to `export_dir` when given. Returns the last log record."""
+    torch.set_num_threads(cfg.num_threads)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    state_path, log_path = os.path.join(cfg.out_dir, "state.pt"), os.path.join(cfg.out_dir, "log.jsonl")
+    loaded = build_demo_model(cfg.arch, cfg.seed)
+    model = loaded.model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    start = 0
+    if resume and os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=True)
+        if state["config"] != json.loads(json.dumps(asdict(cfg))):
+            raise ValueError(f"{state_path} was written with a different configuration: {state['config']}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    else:       # stage 0: the vision tower alone, then a state to resume from
+        pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed)
+        save_state(state_path, model, opt, 0, cfg)
+    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=1)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    record = run_steps(cfg, loaded, opt, start, end, state_path, log_path)
+    if export_dir is not None:
+        model.eval()
+        save_checkpoint(loaded, export_dir)
+    return record
+
+
+def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: str, log_path: str) -> dict:
+    model, record = loaded.model, {}
+    window, t_start = [], time.perf_counter()
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        batch = step_batch(cfg, loaded, step)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        loss, correct = batch_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        # every answer is (word or letter tokens) + <|im_end|>; the first token decides the answer
+        first = torch.ones_like(correct)
+        first[1:] = batch.rows[1:] // batch.text_ids.shape[1] != batch.rows[:-1] // batch.text_ids.shape[1]
+        window.append((loss.item(), correct[first].float().mean().item(), batch.pixels.shape[1],
+                       time.perf_counter() - t0))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == end:
+            arr = np.array(window)
+            record = {"step": step + 1, "loss": float(arr[:, 0].mean()), "first_token_acc": float(arr[:, 1].mean()),
+                      "mean_frames": float(arr[:, 2].mean()), "sec_per_step": float(arr[:, 3].mean()),
+                      "lr": lr_at(cfg, step), "elapsed_s": time.perf_counter() - t_start}
+            window = []
+            print(json.dumps(record), flush=True)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == end:
+            save_state(state_path, model, opt, step + 1, cfg)
+    return record

@@ -1,0 +1,74 @@
+"""Stage 0: pretrain the vision tower alone on single synthetic frames (is a thing present; its colour,
+shape or digit), the small-scale stand-in for the real Video-XL starting from a pretrained CLIP. The
+classification heads are thrown away; only the tower's weights carry over to stage 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vxl.engine.preprocess import preprocess_frames
+from vxl.train.data import random_thing
+from vxl.train.render import COLOURS, DIGITS, SHAPES, background, draw_thing, to_uint8
+
+# label sets: the last class of each head means "no thing" / "not applicable"
+HEADS = {"colour": list(COLOURS), "shape": list(SHAPES), "digit": list(DIGITS)}
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    thing_prob: float = 0.75
+
+
+def frame_batch(rng: np.random.Generator, num: int, size: int, thing_prob: float) -> tuple[np.ndarray, dict]:
+    """num frames (uint8 [num, S, S, 3]) from num different backgrounds, most with one thing, and labels."""
+    frames = np.concatenate([background(rng, 1, size) for _ in range(num)])
+    labels = {name: np.full(num, len(values)) for name, values in HEADS.items()}
+    for i in range(num):
+        if rng.uniform() >= thing_prob:
+            continue
+        thing = random_thing(rng)
+        draw_thing(rng, frames[i], thing)
+        labels["colour"][i] = HEADS["colour"].index(thing.colour)
+        if thing.shape is not None:
+            labels["shape"][i] = HEADS["shape"].index(thing.shape)
+        else:
+            labels["digit"][i] = HEADS["digit"].index(thing.digit)
+    return to_uint8(frames), labels
+
+
+def pretrain_vision(model, processor, cfg: PretrainConfig, seed: int, log=print) -> list[float]:
+    """Train model.model.vision_tower in place with linear heads on its mean patch feature; returns the
+    per-step losses."""
+    tower = model.model.vision_tower
+    width = tower.clip_config.hidden_size
+    gen = torch.Generator().manual_seed(seed)
+    heads = nn.ModuleDict({name: nn.Linear(width, len(values) + 1) for name, values in HEADS.items()})
+    for head in heads.values():
+        nn.init.normal_(head.weight, std=0.02, generator=gen)
+        nn.init.zeros_(head.bias)
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    size = tower.clip_config.image_size
+    losses = []
+    for step in range(cfg.steps):
+        rng = np.random.default_rng([seed, 1_000_000 + step])
+        frames, labels = frame_batch(rng, cfg.batch_size, size, cfg.thing_prob)
+        feats = tower(preprocess_frames(torch.from_numpy(frames), processor)).mean(1)     # (N, C)
+        loss = sum(F.cross_entropy(heads[name](feats), torch.from_numpy(y)) for name, y in labels.items())
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / 20)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            log(f"vision pretrain step {step + 1}: loss {np.mean(losses[-50:]):.3f}")
+    return losses
