@@ -25,9 +25,9 @@ def test_deterministic_from_seed(task):
 
 def check_choice(qa, right: str) -> None:
     assert qa.right == right and len(qa.options) == 4 and len(set(qa.options)) == 4
-    assert qa.options[LETTERS.index(qa.answer)] == right
+    assert qa.options[LETTERS.index(qa.letter)] == right and qa.answer == f"{right} ({qa.letter})"
     for letter, option in zip(LETTERS, qa.options):
-        assert f"{letter}) {option}" in qa.prompt
+        assert f"\n{option} ({letter})\n" in qa.prompt
 
 
 @pytest.mark.parametrize("seed", range(6))

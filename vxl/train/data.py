@@ -1,7 +1,8 @@
 """Synthetic long videos with VNBench-style questions: retrieval (the colour / shape / digit of the thing
 that appeared once), ordering (which of two things came first / last) and counting (how many times a
-colour appeared). 4-option multiple choice (answer: the letter); training also mixes in open-ended
-forms (answer: the word). A sample is a pure function of (task, num_frames, seed).
+colour appeared). 4-option multiple choice: options are written "red (A)" and the answer repeats the
+chosen option, "red (A)" (scored by its letter); open-ended forms (answer: the word) can be mixed in.
+A sample is a pure function of (task, num_frames, seed).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from vxl.train.render import COLOURS, DIGITS, SHAPES, Thing, background, draw_th
 
 TASKS = ("retrieval", "ordering", "counting")
 LETTERS = "ABCD"
-INSTRUCTION = "Answer with the option's letter."
+INSTRUCTION = "Answer with the right option."
 OPEN_INSTRUCTION = "Answer with one word."
 MAX_COUNT = 4
 
@@ -21,12 +22,13 @@ MAX_COUNT = 4
 @dataclass
 class QA:
     """One question about a video. `prompt` is what goes into the engine's `prompt` (the chat template is
-    added around it); `answer` is the text the model must generate (a letter, or a word when open)."""
+    added around it); `answer` is the text the model must generate ("red (A)", or "red" when open)."""
     task: str
     prompt: str
     answer: str
     options: list[str] = field(default_factory=list)
     right: str = ""              # the right option's text
+    letter: str = ""             # the right option's letter ("" when open-ended)
 
 
 @dataclass
@@ -40,14 +42,16 @@ class VideoSample:
 def multiple_choice(rng: np.random.Generator, task: str, question: str, right: str, pool: list[str],
                     must: tuple[str, ...] = ()) -> QA:
     """`right`, the wrong options in `must`, and random wrong ones from `pool` (4 distinct options),
-    shuffled; the answer is the right one's letter."""
+    shuffled. Options are written "word (letter)" with the word first, and the answer repeats the right
+    one: a letter-first answer needs a two-hop lookup (find the option, fetch the letter before it) that
+    a model this small does not learn within the training budget; this way the letter follows the word."""
     wrong = [o for o in pool if o != right and o not in must]
     extra = rng.choice(wrong, size=len(LETTERS) - 1 - len(must), replace=False)
     options = [right, *must] + [str(o) for o in extra]
     rng.shuffle(options)
-    lines = "\n".join(f"{letter}) {opt}" for letter, opt in zip(LETTERS, options))
-    prompt = f"{question}\n{lines}\n{INSTRUCTION}"
-    return QA(task, prompt, LETTERS[options.index(right)], options, right)
+    lines = "\n".join(f"{opt} ({letter})" for letter, opt in zip(LETTERS, options))
+    letter = LETTERS[options.index(right)]
+    return QA(task, f"{question}\n{lines}\n{INSTRUCTION}", f"{right} ({letter})", options, right, letter)
 
 
 def open_ended(task: str, question: str, right: str) -> QA:

@@ -29,11 +29,12 @@ def run_demo(llm, seed: int = 0, num_frames: int = 512, compression_ratio: int |
     out = llm.generate([request], SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)[0]
     if out.error is not None:
         raise RuntimeError(f"demo request failed: {out.error}")
+    from vxl.train.evaluate import extract_letter
     answer = out.text.strip()
     events = [{"first_frame": start, "num_frames": length, "colour": t.colour, "shape": t.shape, "digit": t.digit}
               for start, length, t in sample.events]
-    return {"question": qa.prompt, "options": qa.options, "right_answer": f"{qa.answer}) {qa.right}",
-            "model_answer": answer, "is_correct": answer[:1] == qa.answer, "task": task, "num_frames": num_frames,
+    return {"question": qa.prompt, "options": qa.options, "right_answer": qa.answer,
+            "model_answer": answer, "is_correct": extract_letter(answer) == qa.letter, "task": task, "num_frames": num_frames,
             "events": events, "metrics": out.metrics}
 
 

@@ -4,6 +4,7 @@ compression ratio per task, and the needle-in-a-haystack grid (needle depth x fr
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,9 +32,12 @@ class EvalConfig:
 
 
 def extract_letter(text: str) -> str | None:
-    """The option letter of an answer: its first character when that is A-D."""
+    """The option letter of an answer: the first "(X)", else a leading A-D."""
+    m = re.search(r"\(([ABCD])\)", text)
+    if m:
+        return m.group(1)
     text = text.strip()
-    return text[0] if text[:1] in LETTERS else None
+    return text[0] if text[:1] in LETTERS and not text[1:2].isalpha() else None
 
 
 def eval_samples(task: str, num_frames: int, num_videos: int, seed: int, size: int,
@@ -44,21 +48,21 @@ def eval_samples(task: str, num_frames: int, num_videos: int, seed: int, size: i
 
 
 def ask(llm, samples: list[VideoSample], ratio: int) -> list[dict]:
-    """Every question of every sample through llm.generate (greedy, 4 tokens); one record per question."""
+    """Every question of every sample through llm.generate (greedy, 8 tokens); one record per question."""
     from vxl import SamplingParams
     reqs, meta = [], []
     for i, sample in enumerate(samples):
         for qa in sample.qas:
             reqs.append({"prompt": qa.prompt, "video": sample.frames, "compression_ratio": ratio})
             meta.append((i, qa))
-    outs = llm.generate(reqs, SamplingParams(max_tokens=4, temperature=0.0), use_tqdm=False)
+    outs = llm.generate(reqs, SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)
     records = []
     for (i, qa), out in zip(meta, outs):
         if out.error is not None:
             raise RuntimeError(f"request failed: {out.error}")
         got = extract_letter(out.text)
         records.append({"video": i, "task": qa.task, "question": qa.prompt.split("\n")[0], "right": qa.answer,
-                        "answer": out.text, "correct": got == qa.answer,
+                        "answer": out.text, "correct": got == qa.letter,
                         "num_vst_tokens": out.metrics["num_vst_tokens"]})
     return records
 

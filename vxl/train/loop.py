@@ -18,7 +18,7 @@ from vxl.model.tiny import save_checkpoint
 from vxl.train.arch import DemoArch, build_demo_model
 from vxl.train.batch import TrainBatch, batch_loss, make_batch
 from vxl.train.data import TASKS, make_sample
-from vxl.train.pretrain import PretrainConfig, pretrain_vision
+from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision
 
 
 @dataclass
@@ -44,8 +44,7 @@ class TrainConfig:
     cover_steps: int = 900
     ramp_steps: int = 1500
     task_weights: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.3])   # in TASKS order
-    open_prob_start: float = 0.8        # share of questions asked open-ended (answer: the word), falling
-    open_prob_end: float = 0.25         # linearly over the run (evaluation: multiple choice only)
+    open_prob: float = 0.0              # share of questions asked open-ended (evaluation: multiple choice only)
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1
@@ -86,8 +85,7 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
         weights[TASKS.index("counting")] = 0.0
     tasks = rng.choice(TASKS, size=batch, p=weights / weights.sum())
     cover = cfg.cover * (1 - _ramp(step, cfg.hold_steps, cfg.cover_steps))
-    open_prob = cfg.open_prob_start + _ramp(step, 0, cfg.steps - 1) * (cfg.open_prob_end - cfg.open_prob_start)
-    samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, open_prob, cover=cover)
+    samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, cfg.open_prob, cover=cover)
                for b, t in enumerate(tasks)]
     num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
@@ -125,6 +123,7 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         start = state["step"]
     else:       # stage 0: the vision tower alone, then a state to resume from
         pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed)
+        pretrain_text(model, loaded.tokenizer, cfg.pretrain, cfg.seed)
         save_state(state_path, model, opt, 0, cfg)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)

@@ -1,6 +1,8 @@
-"""Stage 0: pretrain the vision tower alone on single synthetic frames (is a thing present; its colour,
-shape or digit), the small-scale stand-in for the real Video-XL starting from a pretrained CLIP. The
-classification heads are thrown away; only the tower's weights carry over to stage 1.
+"""Stage 0, the small-scale stand-in for the real Video-XL starting from a pretrained CLIP and a pretrained
+LLM: (a) the vision tower alone on single synthetic frames (is a thing present; its colour, shape or
+digit; the heads are thrown away), (b) the language model alone on text with full next-token loss
+(repeated random spans, and option lists "red (A)" copied back), which forms the copy heads that
+answering "red (A)" needs. Only the model's own weights carry over to stage 1.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vxl.engine.preprocess import preprocess_frames
-from vxl.train.data import random_thing
+from vxl.train.data import GENERATORS, TASKS, random_thing
+from vxl.train.forward import empty_kept, text_logits
 from vxl.train.render import COLOURS, DIGITS, SHAPES, background, draw_thing, to_uint8
 
 # label sets: the last class of each head means "no thing" / "not applicable"
@@ -25,6 +28,9 @@ class PretrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     thing_prob: float = 0.75
+    text_steps: int = 1600
+    text_batch_size: int = 32
+    text_lr: float = 1e-3
 
 
 def frame_batch(rng: np.random.Generator, num: int, size: int, thing_prob: float) -> tuple[np.ndarray, dict]:
@@ -71,4 +77,51 @@ def pretrain_vision(model, processor, cfg: PretrainConfig, seed: int, log=print)
         losses.append(loss.item())
         if (step + 1) % 50 == 0:
             log(f"vision pretrain step {step + 1}: loss {np.mean(losses[-50:]):.3f}")
+    return losses
+
+
+def text_sequence(rng: np.random.Generator, tokenizer, vocab: int) -> tuple[list[int], list[int]]:
+    """(token ids, positions whose next token is scored). Half the time a random span repeated (scored on
+    the repeat), otherwise a question's option lines followed by the same lines in a new order (scored
+    on everything but the first token of each copied line, which is a free choice)."""
+    if rng.uniform() < 0.5:
+        span = rng.integers(3, vocab, int(rng.integers(8, 24))).tolist()
+        return span + span, list(range(len(span) - 1, 2 * len(span) - 1))
+    _, qas = GENERATORS[str(rng.choice(TASKS))](rng, 32, 0.0)
+    lines = [line for line in qas[0].prompt.split("\n") if line.endswith(")")]
+    ids = tokenizer.encode("\n".join(lines) + "\n", add_special_tokens=False)
+    scored = []
+    for i in rng.permutation(len(lines)):
+        line = tokenizer.encode(lines[i] + "\n", add_special_tokens=False)
+        scored += list(range(len(ids), len(ids) + len(line) - 1))      # predicts line[1:], given line[0]
+        ids += line
+    return ids, scored
+
+
+def pretrain_text(model, tokenizer, cfg: PretrainConfig, seed: int, log=print) -> list[float]:
+    """Train the language model (embeddings, decoder, lm_head) in place on text_sequence batches."""
+    params = [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.mm_projector"))]
+    opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.01)
+    vocab, losses = len(tokenizer), []
+    for step in range(cfg.text_steps):
+        rng = np.random.default_rng([seed, 2_000_000 + step])
+        seqs = [text_sequence(rng, tokenizer, vocab) for _ in range(cfg.text_batch_size)]
+        n = max(len(ids) for ids, _ in seqs)
+        text = torch.zeros(len(seqs), n, dtype=torch.long)
+        rows, targets = [], []
+        for r, (ids, scored) in enumerate(seqs):
+            text[r, :len(ids)] = torch.tensor(ids)
+            rows += [r * n + p for p in scored]
+            targets += [ids[p + 1] for p in scored]
+        kept = empty_kept(model, len(seqs), model.model.embed_tokens.weight)
+        logits = text_logits(model, kept, text, torch.arange(len(seqs)), torch.tensor(rows))
+        loss = F.cross_entropy(logits, torch.tensor(targets))
+        for group in opt.param_groups:
+            group["lr"] = cfg.text_lr * min(1.0, (step + 1) / 20)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            log(f"text pretrain step {step + 1}: loss {np.mean(losses[-50:]):.3f}")
     return losses
