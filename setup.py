@@ -7,6 +7,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["vxl", "vxl.*"]),
+    # the trained demo checkpoint (official layout, a few MB): LLM("demo") and `vxl demo` load it
+    package_data={"vxl": ["data/demo/*", "data/demo/clip/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<2.15",

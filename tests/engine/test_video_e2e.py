@@ -75,15 +75,16 @@ def test_bad_videos_fail_alone(llm, video, tmp_path):
 
 
 def test_cli_generate_and_demo(video, capsys):
-    assert main(["generate", video, "--prompt", "What moves?", "--max-tokens", "4", "--num-frames", "20"]) == 0
+    assert main(["generate", video, "--model", "tiny", "--prompt", "What moves?", "--max-tokens", "4", "--num-frames", "20"]) == 0
     out = capsys.readouterr().out
     assert "frames=20" in out and "vst_kept=" in out and "kept_kv=" in out
-    assert main(["generate", video, "--prompt", "Q", "--max-tokens", "3", "--json"]) == 0
+    assert main(["generate", video, "--model", "tiny", "--prompt", "Q", "--max-tokens", "3", "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["finish_reason"] in ("stop", "length") and record["metrics"]["num_frames"] == 40
-    assert main(["demo", "--max-tokens", "3"]) == 0
-    assert "frames=96" in capsys.readouterr().out
-    assert main(["generate", video + ".missing", "--prompt", "Q"]) == 1
+    assert main(["demo", "--num-frames", "48", "--model", "tiny", "--max-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "video: 48 synthetic frames" in out and "right answer:" in out and "model answer:" in out
+    assert main(["generate", video + ".missing", "--model", "tiny", "--prompt", "Q"]) == 1
 
 
 def test_uint8_tensor_input_and_text_only(llm):

@@ -19,7 +19,7 @@ def tiny_config(out_dir, steps: int) -> TrainConfig:
                                   "hold_frames": 8, "hold_steps": 1, "cover_steps": 2, "ramp_steps": 3,
                                   "batch_frames": 16, "min_batch": 2, "max_batch": 2, "save_every": 2,
                                   "log_every": 1, "warmup_steps": 1, "arch": ARCH,
-                                  "pretrain": {"steps": 2, "batch_size": 4}})
+                                  "pretrain": {"steps": 2, "batch_size": 4, "text_steps": 2, "text_batch_size": 4}})
 
 
 def test_resume_continues_the_same_run(tmp_path):

@@ -38,7 +38,9 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 class LLM:
     """Video-XL inference engine.
 
-    model: "tiny" (built-in random model, CPU-friendly; its answers are meaningless), "full-random"
+    model: "tiny" (built-in random model, CPU-friendly; its answers are meaningless), "demo" (the small
+    Video-XL shipped with the package, trained on synthetic long videos: it answers needle, ordering and
+    counting questions about them; see vxl.train), "full-random"
     (the real architecture with random weights, for benchmarks), a checkpoint directory in the official
     layout, or an already built `vxl.model.loader.LoadedModel`. device/dtype/attention_backend default to cuda/bfloat16/triton
     when CUDA is available, else cpu/float32/torch. Engine knobs: page_size, num_pages or
@@ -53,7 +55,7 @@ class LLM:
                  keyframe_snap: bool = False, seed: int = 0):
         from vxl.model.loader import LoadedModel
         if not isinstance(model, (str, LoadedModel)):
-            raise TypeError(f"model must be 'tiny', 'full-random', a checkpoint directory or a LoadedModel, "
+            raise TypeError(f"model must be 'tiny', 'demo', 'full-random', a checkpoint directory or a LoadedModel, "
                             f"not {type(model).__name__}")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(dtype, self.device)
@@ -84,6 +86,9 @@ class LLM:
         if model == "tiny":
             from vxl.model.tiny import build_tiny
             return build_tiny(self.device, self.dtype, seed=seed)
+        if model == "demo":
+            from vxl.train.demo import demo_checkpoint_path
+            return load_checkpoint(demo_checkpoint_path(), self.device, self.dtype)
         if model == "full-random":             # Qwen2-7B + CLIP-L/336 shapes, random weights (benchmarks)
             from vxl.model.random_full import build_random_full
             return build_random_full(self.device, self.dtype, seed=seed)

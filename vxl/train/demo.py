@@ -11,11 +11,15 @@ DEMO_TAG = 5_500_001        # demo seeds are [DEMO_TAG, seed]: never drawn by tr
 
 def demo_checkpoint_path() -> str:
     """The directory of the trained demo checkpoint shipped with the package (official Video-XL layout)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "demo")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"the demo checkpoint is missing from {path}: reinstall vxl, or train one with "
+                                f"`python -m vxl.train --export {path}`")
+    return path
 
 
 def run_demo(llm, seed: int = 0, num_frames: int = 512, compression_ratio: int | None = None,
-             task: str = "retrieval", question: int = 0) -> dict:
+             task: str = "retrieval", question: int = 0, max_tokens: int = 8) -> dict:
     """Generate a synthetic video (`task` from vxl.train.data.TASKS; retrieval: one thing shown on one
     frame of `num_frames`), ask one of its 4-option questions through `llm.generate` (greedy) and return
     dict(question, options, right_answer, model_answer, is_correct, task, num_frames, events, metrics)."""
@@ -26,7 +30,7 @@ def run_demo(llm, seed: int = 0, num_frames: int = 512, compression_ratio: int |
     request = {"prompt": qa.prompt, "video": sample.frames}
     if compression_ratio is not None:
         request["compression_ratio"] = compression_ratio
-    out = llm.generate([request], SamplingParams(max_tokens=8, temperature=0.0), use_tqdm=False)[0]
+    out = llm.generate([request], SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)[0]
     if out.error is not None:
         raise RuntimeError(f"demo request failed: {out.error}")
     from vxl.train.evaluate import extract_letter

@@ -25,7 +25,7 @@ from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision
 class TrainConfig:
     out_dir: str = "runs/demo"
     seed: int = 0
-    steps: int = 2000
+    steps: int = 2200
     batch_frames: int = 1024            # videos per step = clamp(batch_frames // frames, min_batch, max_batch)
     min_batch: int = 4
     max_batch: int = 16
@@ -38,12 +38,12 @@ class TrainConfig:
     max_frames: int = 256
     # curriculum: "image-like" clips first (short, things shown on many frames, no counting), then things
     # shrink to single frames (cover -> 0 at cover_steps) while the longest video grows to max_frames
-    hold_steps: int = 300
+    hold_steps: int = 200
     hold_frames: int = 16
     cover: float = 1.0
-    cover_steps: int = 900
-    ramp_steps: int = 1500
-    task_weights: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.3])   # in TASKS order
+    cover_steps: int = 600
+    ramp_steps: int = 1200
+    task_weights: list[float] = field(default_factory=lambda: [0.45, 0.3, 0.25])   # in TASKS order
     open_prob: float = 0.0              # share of questions asked open-ended (evaluation: multiple choice only)
     save_every: int = 50
     log_every: int = 10

@@ -24,7 +24,7 @@ HEADS = {"colour": list(COLOURS), "shape": list(SHAPES), "digit": list(DIGITS)}
 
 @dataclass
 class PretrainConfig:
-    steps: int = 1500
+    steps: int = 3500
     batch_size: int = 64
     lr: float = 3e-3
     thing_prob: float = 0.75
