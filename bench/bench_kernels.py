@@ -25,6 +25,7 @@ from triton.testing import do_bench
 
 from vxl.kernels import reference
 from vxl.kernels.decode_attention import decode_attention
+from vxl.kernels.interleave import interleave_add, typed_qkv_rope_interleaved
 from vxl.kernels.typed_qkv import typed_qkv_rope
 from vxl.kernels.window_attention import window_attention
 
@@ -62,6 +63,18 @@ def typed_inputs(is_vst, hidden, num_heads, num_kv_heads, head_dim, dtype, devic
             positions, positions, slots.to(device), k_cache, v_cache, num_heads, num_kv_heads, THETA)
 
 
+def interleaved_inputs(num_windows, num_raw, ratio, rem, hidden, num_heads, num_kv_heads, head_dim, dtype, device):
+    """First-layer inputs of windows of num_raw raw rows each: typed_inputs with (src [S, H], beacon [H]) for
+    the hidden rows and the slot layout (cu_seqlens, cu_src, ratios, rems) for is_vst."""
+    is_vst = interleave_is_vst(num_raw, ratio, rem).repeat(num_windows)
+    args = typed_inputs(is_vst, hidden, num_heads, num_kv_heads, head_dim, dtype, device)
+    per_window = torch.arange(num_windows + 1, dtype=torch.int32, device=device)
+    full = torch.full((num_windows,), 1, dtype=torch.int32, device=device)
+    layout = (per_window * (is_vst.shape[0] // num_windows), per_window * num_raw, full * ratio, full * rem)
+    src = torch.randn(num_windows * num_raw, hidden, dtype=dtype, device=device)
+    return (src, torch.randn(hidden, dtype=dtype, device=device), *args[1:7], *layout, *args[8:])
+
+
 def window_inputs(num_windows, ratio, kept, num_heads, num_kv_heads, head_dim, dtype, device, window=WINDOW):
     n = window + window // ratio
     q = torch.randn(num_windows * n, num_heads, head_dim, dtype=dtype, device=device)
@@ -82,16 +95,21 @@ def decode_inputs(batch, seq_len, num_heads, num_kv_heads, head_dim, dtype, devi
 def precheck(device: str, dtype: torch.dtype, tol: float) -> None:
     """Small shapes (through the interpreter on CPU): each launcher against the reference."""
     torch.manual_seed(0)
+    first = interleaved_inputs(2, 29, 4, 1, 64, 4, 2, 16, dtype, device)   # two windows, their slots read by index
+    residual = torch.randn(first[12].shape[0], 64, dtype=dtype, device=device)
     checks = {
         "typed_qkv_rope": (typed_qkv_rope, reference.typed_qkv_rope,
                            typed_inputs(interleave_is_vst(29, 4, 1), 64, 4, 2, 16, dtype, device)),
+        "typed_qkv_rope_interleaved": (typed_qkv_rope_interleaved, reference.typed_qkv_rope_interleaved, first),
+        "interleave_add": (interleave_add, reference.interleave_add, (residual, *first[:2], *first[8:12])),
         "window_attention": (window_attention, reference.window_attention,
                              window_inputs(2, 4, 21, 4, 2, 16, dtype, device, window=24)),
         "decode_attention": (decode_attention, reference.decode_attention,
                              decode_inputs(3, 77, 4, 2, 16, dtype, device)),
     }
-    for name, (kernel, ref, args) in checks.items():
-        out, expected = kernel(*args), ref(*args)
+    fresh = lambda args: tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)  # noqa: E731
+    for name, (kernel, ref, args) in checks.items():  # each on its own copy: some write their inputs in place
+        out, expected = kernel(*fresh(args)), ref(*fresh(args))
         out, expected = (out, expected) if isinstance(out, tuple) else ((out,), (expected,))
         err = max((a.float() - b.float()).abs().max().item() for a, b in zip(out, expected))
         print(f"precheck {name} ({device}, {dtype}): max abs error vs reference {err:.2e}")
@@ -160,6 +178,28 @@ def bench_typed_qkv(quick: bool, dtype: torch.dtype) -> list[dict]:
     return rows
 
 
+def bench_first_layer(quick: bool, dtype: torch.dtype) -> list[dict]:
+    """The first layer's typed QKV read by slot index vs materialising the interleaved window first."""
+    rows = []
+    for num_windows, ratio in [(1, 8)] if quick else [(1, 2), (1, 8), (4, 8), (16, 16)]:
+        args = interleaved_inputs(num_windows, WINDOW, ratio, 0, HIDDEN, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM,
+                                  dtype, "cuda")
+        num_tokens = args[12].shape[0]
+        is_vst = interleave_is_vst(WINDOW, ratio).repeat(num_windows).cuda()
+
+        def materialised(a=args, is_vst=is_vst):  # the engine's path before: build the slots, then project
+            hidden = torch.empty(is_vst.shape[0], HIDDEN, dtype=dtype, device="cuda")
+            hidden[~is_vst], hidden[is_vst] = a[0], a[1]
+            return typed_qkv_rope(hidden, *a[2:8], is_vst, *a[12:])
+
+        flops = 2 * num_tokens * HIDDEN * args[4].shape[0]
+        ms = bench(lambda a=args: typed_qkv_rope_interleaved(*a))
+        peers = {"materialised + typed_qkv_rope": bench_peer(materialised)}
+        rows.append({"kernel": "typed_qkv_rope_interleaved", "shape": f"T={num_tokens} r={ratio}", "ms": ms,
+                     "tflops": flops / ms * 1e-9, "peers": peers})
+    return rows
+
+
 def bench_window_attention(quick: bool, dtype: torch.dtype) -> list[dict]:
     rows = []
     cases = [(1, 8, 0)] if quick else [(1, 8, 0), (1, 8, 1000), (1, 8, 10000), (1, 8, 40000), (1, 2, 10000),
@@ -199,7 +239,8 @@ def bench_decode_attention(quick: bool, dtype: torch.dtype) -> list[dict]:
 
 def run_cuda(quick: bool) -> list[dict]:
     dtype = torch.bfloat16
-    rows = bench_typed_qkv(quick, dtype) + bench_window_attention(quick, dtype) + bench_decode_attention(quick, dtype)
+    rows = bench_typed_qkv(quick, dtype) + bench_first_layer(quick, dtype) + bench_window_attention(quick, dtype)
+    rows += bench_decode_attention(quick, dtype)
     for row in rows:
         row["ratio"] = {name: (t / row["ms"] if t else None) for name, t in row["peers"].items()}
     return rows

@@ -20,7 +20,7 @@ class ModelRunner:
 
     def _rows_of(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(is_vst, kept_positions, slot_mapping) of one chunk's rows; reserves the pages it needs."""
-        n, kept = chunk.embeds.shape[0], chunk.seq.kept_len
+        n, kept = chunk.num_slots, chunk.seq.kept_len
         table = chunk.seq.table
         table.reserve(kept + chunk.num_kept)
         if chunk.is_vst is None:
@@ -38,7 +38,7 @@ class ModelRunner:
 
     def build_step(self, chunks: list[Chunk]) -> StepInfo:
         rows = [self._rows_of(c) for c in chunks]
-        lens = [c.embeds.shape[0] for c in chunks]
+        lens = [c.num_slots for c in chunks]
         kept = [c.seq.kept_len for c in chunks]
         positions = torch.cat([k + torch.arange(n, device=self.device) for k, n in zip(kept, lens)])
         max_pages = max(len(c.seq.table.pages) for c in chunks)
@@ -46,11 +46,14 @@ class ModelRunner:
         for i, c in enumerate(chunks):
             tables[i, :len(c.seq.table.pages)] = torch.tensor(c.seq.table.pages, dtype=torch.int32)
         cu = torch.tensor([0] + lens, device=self.device).cumsum(0).to(torch.int32)
+        cu_src = torch.tensor([0] + [c.embeds.shape[0] for c in chunks], device=self.device).cumsum(0).to(torch.int32)
         is_vst = torch.cat([r[0] for r in rows])
         return StepInfo(positions=positions, is_vst=is_vst,
                         kept_positions=torch.cat([r[1] for r in rows]),
                         slot_mapping=torch.cat([r[2] for r in rows]),
-                        cu_seqlens=cu, block_tables=tables,
+                        cu_seqlens=cu, block_tables=tables, cu_src=cu_src,
+                        ratios=torch.tensor([c.ratio for c in chunks], dtype=torch.int32, device=self.device),
+                        rems=torch.tensor([c.rem for c in chunks], dtype=torch.int32, device=self.device),
                         kept_lens=torch.tensor(kept, dtype=torch.int32, device=self.device),
                         is_decode=all(c.kind == "decode" for c in chunks),
                         has_vst=bool(is_vst.any()))
@@ -61,7 +64,7 @@ class ModelRunner:
         chunk order, or None when no chunk samples. Advances each sequence's kept length."""
         step = self.build_step(chunks)
         embeds = torch.cat([c.embeds for c in chunks])
-        hidden = self.model(embeds, step, self.kv_caches, self.ops)        # (T, H)
+        hidden = self.model(embeds, step, self.kv_caches, self.ops)        # (S, H) source rows -> (T, H) slots
         for c in chunks:
             c.seq.table.num_tokens += c.num_kept
         last_rows = [int(step.cu_seqlens[i + 1]) - 1 for i, c in enumerate(chunks) if c.sample]

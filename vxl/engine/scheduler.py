@@ -61,5 +61,5 @@ class Scheduler:
                 failed.append((seq, exc))
                 continue
             chunks.append(chunk)
-            budget -= chunk.embeds.shape[0]
+            budget -= chunk.num_slots
         return chunks, failed

@@ -18,14 +18,23 @@ from vxl.engine.vst import interleave, window_lengths
 
 @dataclass
 class Chunk:
-    """Rows one sequence contributes to a step. VST rows use beacon weights; only kept rows enter pages:
-    all rows of a text/decode chunk, only the VST rows of a visual window."""
+    """Rows one sequence contributes to a step. A window's slots interleave its raw visual rows with VSTs
+    (the beacon embedding) by the rule of `vst.interleave(n, ratio, rem)`; they are never built here: the
+    model's first layer reads each slot from `embeds` or the beacon by slot index. VST rows use beacon
+    weights; only kept rows enter pages: all rows of a text/decode chunk, only the VST rows of a window."""
     seq: "Sequence"
-    embeds: torch.Tensor            # (n, H)
-    is_vst: torch.Tensor | None     # (n,) bool, None for text
+    embeds: torch.Tensor            # (n, H): text embeddings, or the window's raw visual embeddings (no VSTs)
+    is_vst: torch.Tensor | None     # (num_slots,) bool, None for text
     num_kept: int
     sample: bool                    # logits of the last row are needed
     kind: str                       # "text" | "window" | "decode"
+    ratio: int = 0                  # a window's compression ratio (0: no VSTs)
+    rem: int = 0                    # the remainder carried into the window
+
+    @property
+    def num_slots(self) -> int:
+        """Rows of the chunk in the step (a window: raw rows + VSTs)."""
+        return self.embeds.shape[0] if self.is_vst is None else self.is_vst.shape[0]
 
 
 class Sequence:
@@ -63,18 +72,15 @@ class Sequence:
             yield Chunk(self, self.model.embed_tokens(t), None, len(piece), sample_last and last, "text")
 
     def _window_chunks(self) -> Iterator[Chunk]:
-        beacon = self.model.beacon_embedding()
+        dtype = self.model.beacon_embedding().dtype
         rem = 0
         for length in window_lengths(self.visual.num_tokens, self.window):
-            raw = self.visual.take(length)                                # (L, H)
-            is_vst, rem = interleave(length, self.ratio, rem)
-            is_vst = is_vst.to(raw.device)
-            embeds = torch.empty(is_vst.shape[0], raw.shape[1], dtype=beacon.dtype, device=raw.device)
-            embeds[~is_vst] = raw.to(beacon.dtype)
-            embeds[is_vst] = beacon
-            nb = embeds.shape[0] - length
+            raw = self.visual.take(length).to(dtype)                      # (L, H)
+            is_vst, next_rem = interleave(length, self.ratio, rem)
+            nb = is_vst.shape[0] - length
             self.num_vst += nb
-            yield Chunk(self, embeds, is_vst, nb, False, "window")
+            yield Chunk(self, raw, is_vst.to(raw.device), nb, False, "window", self.ratio, rem)
+            rem = next_rem
 
     def _prefill_chunks(self) -> Iterator[Chunk]:
         if self.memory is not None:

@@ -75,6 +75,51 @@ def typed_qkv_rope(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float,
     return q, k, v
 
 
+def interleave_slots(src: torch.Tensor, beacon: torch.Tensor, cu_seqlens: torch.Tensor, cu_src: torch.Tensor,
+                     ratios: torch.Tensor, rems: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's slots, materialised: hidden [T, H] and is_vst [T] (T = cu_seqlens[-1]).
+
+    Chunk b owns slots cu_seqlens[b]:cu_seqlens[b+1] and source rows src[cu_src[b]:cu_src[b+1]] (text
+    embeddings, or a window's raw visual embeddings). Its slot j is a VST iff ratios[b] > 0 and
+    j % (r+1) == r - rems[b]; VST slots take `beacon` [H], the other slots the chunk's source rows in order.
+    """
+    num_tokens = int(cu_seqlens[-1])
+    is_vst = torch.zeros(num_tokens, dtype=torch.bool, device=src.device)
+    for b in range(ratios.shape[0]):
+        start, end, ratio, rem = int(cu_seqlens[b]), int(cu_seqlens[b + 1]), int(ratios[b]), int(rems[b])
+        if ratio > 0:
+            is_vst[start:end] = torch.arange(end - start, device=src.device) % (ratio + 1) == ratio - rem
+        num_raw = end - start - int(is_vst[start:end].sum())
+        assert num_raw == int(cu_src[b + 1]) - int(cu_src[b]), f"chunk {b}: slots and source rows disagree"
+    hidden = torch.empty(num_tokens, src.shape[1], dtype=src.dtype, device=src.device)
+    hidden[~is_vst] = src
+    hidden[is_vst] = beacon
+    return hidden, is_vst
+
+
+def typed_qkv_rope_interleaved(src: torch.Tensor, beacon: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                               w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
+                               w_qkv_vst: torch.Tensor, b_qkv_vst: torch.Tensor | None,
+                               cu_seqlens: torch.Tensor, cu_src: torch.Tensor,
+                               ratios: torch.Tensor, rems: torch.Tensor, positions: torch.Tensor,
+                               kept_positions: torch.Tensor, slot_mapping: torch.Tensor,
+                               k_cache: torch.Tensor, v_cache: torch.Tensor,
+                               num_heads: int, num_kv_heads: int, rope_theta: float,
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`typed_qkv_rope` of the slots `interleave_slots(src, beacon, ...)` (a step's first layer): this
+    reference materialises them; the Triton kernel reads each slot's row from src / beacon by slot index."""
+    hidden, is_vst = interleave_slots(src, beacon, cu_seqlens, cu_src, ratios, rems)
+    return typed_qkv_rope(hidden, norm_weight, eps, w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, is_vst, positions,
+                          kept_positions, slot_mapping, k_cache, v_cache, num_heads, num_kv_heads, rope_theta)
+
+
+def interleave_add(out: torch.Tensor, src: torch.Tensor, beacon: torch.Tensor, cu_seqlens: torch.Tensor,
+                   cu_src: torch.Tensor, ratios: torch.Tensor, rems: torch.Tensor) -> torch.Tensor:
+    """out [T, H] += interleave_slots(src, beacon, ...) in place (the first layer's residual); returns out."""
+    out += interleave_slots(src, beacon, cu_seqlens, cu_src, ratios, rems)[0]
+    return out
+
+
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     """Write k, v [n, nkv, hd] to flat slots [n] of the paged caches (in place)."""

@@ -1,7 +1,8 @@
 """Typed QKV: RMSNorm -> per-row (ordinary | VST) projection -> bias -> RoPE, and the paged write of kept K/V.
 
 Rows are grouped by type (raw rows first, then VST rows, by a stable sort of `is_vst`), so every tile of
-the gathered GEMM uses one weight matrix and no row is projected twice.
+the gathered GEMM uses one weight matrix and no row is projected twice. The first layer of a step with
+VSTs (`interleave.typed_qkv_rope_interleaved`) shares the GEMM, epilogue and launch helpers defined here.
 """
 from __future__ import annotations
 
@@ -79,35 +80,13 @@ def _gathered_gemm_halves(x_ptr, w_ptr, rows, row_mask, col_lo, d_mask, hidden_s
 
 
 @triton.jit
-def _typed_qkv_rope_kernel(
-        x_ptr, w_qkv_ptr, b_qkv_ptr, w_qkv_vst_ptr, b_qkv_vst_ptr,
-        row_order_ptr, num_raw_ptr, positions_ptr, kept_positions_ptr, slot_mapping_ptr, inv_freq_ptr,
-        q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr,
-        num_tokens, hidden_size,
-        stride_x_t, stride_w_n, stride_q_t, stride_k_t, stride_v_t,
-        stride_k_cache_page, stride_k_cache_slot, stride_v_cache_page, stride_v_cache_slot,
-        NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-        HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # Program (tile, head): BLOCK_M rows of one type x one head (q, k or v), the head as lo / hi halves.
-    head = tl.program_id(1)
-    is_vst_tile, start, end = _typed_tile(num_raw_ptr, num_tokens, tl.program_id(0), BLOCK_M)
-    if start >= end:
-        return
-    w_base = w_qkv_ptr
-    b_base = b_qkv_ptr
-    if is_vst_tile:
-        w_base = w_qkv_vst_ptr
-        b_base = b_qkv_vst_ptr
-    offs_m = start + tl.arange(0, BLOCK_M)
-    row_mask = offs_m < end
-    rows = tl.load(row_order_ptr + offs_m, mask=row_mask, other=0).to(tl.int32)  # original row ids
-    offs_d = tl.arange(0, BLOCK_HALF)
-    d_mask = offs_d < HALF
-    col_lo = head * HEAD_DIM + offs_d
-    acc_lo, acc_hi = _gathered_gemm_halves(x_ptr, w_base, rows, row_mask, col_lo, d_mask, hidden_size,
-                                           stride_x_t, stride_w_n, HALF, BLOCK_M, BLOCK_HALF, BLOCK_K,
-                                           DOT_PRECISION)
+def _bias_rope_store(acc_lo, acc_hi, b_base, rows, row_mask, col_lo, offs_d, d_mask, head,
+                     positions_ptr, kept_positions_ptr, slot_mapping_ptr, inv_freq_ptr,
+                     q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, stride_q_t, stride_k_t, stride_v_t,
+                     stride_k_cache_page, stride_k_cache_slot, stride_v_cache_page, stride_v_cache_slot,
+                     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     HALF: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # Epilogue of one (tile, head): `rows` are the output rows (slots of the step), masked by row_mask.
     if HAS_BIAS:
         acc_lo += tl.load(b_base + col_lo, mask=d_mask, other=0.0).to(tl.float32)[None, :]
         acc_hi += tl.load(b_base + col_lo + HALF, mask=d_mask, other=0.0).to(tl.float32)[None, :]
@@ -141,10 +120,47 @@ def _typed_qkv_rope_kernel(
         _store_halves(v_cache_ptr + kv_head * HEAD_DIM, cache_offs, offs_d, lo, hi, keep_mask, HALF)
 
 
-def _check_args(hidden, norm_weight, w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, is_vst, positions, kept_positions,
-                slot_mapping, k_cache, v_cache, num_heads, num_kv_heads) -> int:
-    """Asserts the launcher's contract; returns head_dim."""
-    num_tokens, hidden_size = hidden.shape
+@triton.jit
+def _typed_qkv_rope_kernel(
+        x_ptr, w_qkv_ptr, b_qkv_ptr, w_qkv_vst_ptr, b_qkv_vst_ptr,
+        row_order_ptr, num_raw_ptr, positions_ptr, kept_positions_ptr, slot_mapping_ptr, inv_freq_ptr,
+        q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr,
+        num_tokens, hidden_size,
+        stride_x_t, stride_w_n, stride_q_t, stride_k_t, stride_v_t,
+        stride_k_cache_page, stride_k_cache_slot, stride_v_cache_page, stride_v_cache_slot,
+        NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+        HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # Program (tile, head): BLOCK_M rows of one type x one head (q, k or v), the head as lo / hi halves.
+    head = tl.program_id(1)
+    is_vst_tile, start, end = _typed_tile(num_raw_ptr, num_tokens, tl.program_id(0), BLOCK_M)
+    if start >= end:
+        return
+    w_base = w_qkv_ptr
+    b_base = b_qkv_ptr
+    if is_vst_tile:
+        w_base = w_qkv_vst_ptr
+        b_base = b_qkv_vst_ptr
+    offs_m = start + tl.arange(0, BLOCK_M)
+    row_mask = offs_m < end
+    rows = tl.load(row_order_ptr + offs_m, mask=row_mask, other=0).to(tl.int32)  # original row ids
+    offs_d = tl.arange(0, BLOCK_HALF)
+    d_mask = offs_d < HALF
+    col_lo = head * HEAD_DIM + offs_d
+    acc_lo, acc_hi = _gathered_gemm_halves(x_ptr, w_base, rows, row_mask, col_lo, d_mask, hidden_size,
+                                           stride_x_t, stride_w_n, HALF, BLOCK_M, BLOCK_HALF, BLOCK_K,
+                                           DOT_PRECISION)
+    _bias_rope_store(acc_lo, acc_hi, b_base, rows, row_mask, col_lo, offs_d, d_mask, head,
+                     positions_ptr, kept_positions_ptr, slot_mapping_ptr, inv_freq_ptr,
+                     q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, stride_q_t, stride_k_t, stride_v_t,
+                     stride_k_cache_page, stride_k_cache_slot, stride_v_cache_page, stride_v_cache_slot,
+                     NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, HALF, PAGE_SIZE, HAS_BIAS)
+
+
+def check_qkv_args(hidden, norm_weight, w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, positions, kept_positions,
+                   slot_mapping, k_cache, v_cache, num_heads, num_kv_heads) -> int:
+    """Asserts the contract shared by the typed QKV launchers (T = len(positions)); returns head_dim."""
+    num_tokens, hidden_size = positions.shape[0], hidden.shape[1]
     num_cols = w_qkv.shape[0]
     head_dim = num_cols // (num_heads + 2 * num_kv_heads)
     dtype = hidden.dtype
@@ -156,17 +172,43 @@ def _check_args(hidden, norm_weight, w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, is_vst,
         assert w.shape == (num_cols, hidden_size) and w.dtype == dtype, f"{name}: bad shape/dtype"
     for name, b in (("b_qkv", b_qkv), ("b_qkv_vst", b_qkv_vst)):
         assert b is None or (b.shape == (num_cols,) and b.dtype == dtype), f"{name}: bad shape/dtype"
-    assert is_vst.shape == (num_tokens,) and is_vst.dtype == torch.bool, "is_vst: expected bool [T]"
     for name, t in (("positions", positions), ("kept_positions", kept_positions), ("slot_mapping", slot_mapping)):
         assert t.shape == (num_tokens,), f"{name}: expected shape ({num_tokens},), got {tuple(t.shape)}"
         assert t.dtype in (torch.int32, torch.int64), f"{name}: expected int32 or int64, got {t.dtype}"
     assert k_cache.dim() == 4 and k_cache.shape[2:] == (num_kv_heads, head_dim) and v_cache.shape == k_cache.shape
     assert k_cache.stride()[2:] == (head_dim, 1) and v_cache.stride()[2:] == (head_dim, 1), \
         "cache pages must be contiguous within a slot"
-    # The kernel uses int32 offsets.
+    # The kernels use int32 offsets.
     assert max(hidden.numel(), w_qkv.numel(), num_tokens * num_cols, k_cache.numel()) < 2 ** 31, \
         "tensor too large for int32 offsets"
     return head_dim
+
+
+def rms_norm_rows(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float, out: torch.Tensor) -> None:
+    """out[i] = reference.rms_norm(hidden[i]) for every row of hidden [n, H] (out: [>= n, H], written in place)."""
+    if hidden.shape[0]:
+        _rms_norm_kernel[(hidden.shape[0],)](hidden, norm_weight, out, hidden.shape[1], eps, hidden.stride(0),
+                                             out.stride(0), BLOCK_H=min(1024, triton.next_power_of_2(hidden.shape[1])))
+
+
+def qkv_launch_args(w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, head_dim: int, rope_theta: float) -> tuple[list, dict]:
+    """Kernel arguments shared by the typed QKV launchers: ([w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, inv_freq],
+    constexprs + launch options). A missing bias of one row type is replaced by zeros."""
+    w_qkv, w_qkv_vst = w_qkv.contiguous(), w_qkv_vst.contiguous()
+    if (b_qkv is None) != (b_qkv_vst is None):
+        b_qkv = b_qkv if b_qkv is not None else torch.zeros_like(b_qkv_vst)
+        b_qkv_vst = b_qkv_vst if b_qkv_vst is not None else torch.zeros_like(b_qkv)
+    has_bias = b_qkv is not None
+    # Same float32 expression as reference.rope_cos_sin, so the angles match bit for bit.
+    inv_freq = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=w_qkv.device)
+                                     .float() / head_dim))
+    half = head_dim // 2
+    # 8 warps: the two RoPE epilogues of a K head spill at 4 warps on sm_90 (ptxas, bf16, head_dim 128).
+    meta = dict(HEAD_DIM=head_dim, HALF=half, BLOCK_HALF=max(16, triton.next_power_of_2(half)), HAS_BIAS=has_bias,
+                BLOCK_M=64 if w_qkv.is_cuda else 16, BLOCK_K=64,
+                DOT_PRECISION="ieee" if w_qkv.dtype == torch.float32 else "tf32", num_warps=8, num_stages=3)
+    weights = [w_qkv, b_qkv if has_bias else w_qkv, w_qkv_vst, b_qkv_vst if has_bias else w_qkv_vst, inv_freq]
+    return weights, meta
 
 
 def typed_qkv_rope(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float,
@@ -189,46 +231,29 @@ def typed_qkv_rope(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float,
     Returns q [T, nh, hd], k [T, nkv, hd] (rotated at `positions`), v [T, nkv, hd], contiguous.
     Writes in place: k_cache/v_cache at slot_mapping >= 0 (K rotated at kept_positions); nothing else.
     """
-    head_dim = _check_args(hidden, norm_weight, w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, is_vst, positions,
-                           kept_positions, slot_mapping, k_cache, v_cache, num_heads, num_kv_heads)
-    (num_tokens, hidden_size), dtype = hidden.shape, hidden.dtype
+    head_dim = check_qkv_args(hidden, norm_weight, w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, positions,
+                              kept_positions, slot_mapping, k_cache, v_cache, num_heads, num_kv_heads)
+    num_tokens, dtype = hidden.shape[0], hidden.dtype
+    assert is_vst.shape == (num_tokens,) and is_vst.dtype == torch.bool, "is_vst: expected bool [T]"
+    assert positions.shape[0] == num_tokens, "positions: one per hidden row"
     q = torch.empty(num_tokens, num_heads, head_dim, dtype=dtype, device=hidden.device)
     k = torch.empty(num_tokens, num_kv_heads, head_dim, dtype=dtype, device=hidden.device)
     v = torch.empty_like(k)
     if num_tokens == 0:
         return q, k, v
     hidden, norm_weight = hidden.contiguous(), norm_weight.contiguous()
-    w_qkv, w_qkv_vst = w_qkv.contiguous(), w_qkv_vst.contiguous()
-    if (b_qkv is None) != (b_qkv_vst is None):  # one bias present: the other row type adds zeros
-        b_qkv = b_qkv if b_qkv is not None else torch.zeros_like(b_qkv_vst)
-        b_qkv_vst = b_qkv_vst if b_qkv_vst is not None else torch.zeros_like(b_qkv)
-    has_bias = b_qkv is not None
-    positions, kept_positions = positions.contiguous(), kept_positions.contiguous()
-    slot_mapping = slot_mapping.contiguous()
-
+    weights, meta = qkv_launch_args(w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, head_dim, rope_theta)
     x = torch.empty_like(hidden)
-    _rms_norm_kernel[(num_tokens,)](hidden, norm_weight, x, hidden_size, eps, hidden.stride(0), x.stride(0),
-                                    BLOCK_H=min(1024, triton.next_power_of_2(hidden_size)))
+    rms_norm_rows(hidden, norm_weight, eps, x)
     # Raw rows first, then VST rows; counted on the device so no host sync is needed.
     row_order = torch.sort(is_vst.to(torch.int8), stable=True).indices
     num_raw = (~is_vst).sum().reshape(1)
-    # Same float32 expression as reference.rope_cos_sin, so the angles match bit for bit.
-    inv_freq = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=hidden.device)
-                                     .float() / head_dim))
-
-    # 8 warps: the two RoPE epilogues of a K head spill at 4 warps on sm_90 (ptxas, bf16, head_dim 128).
-    block_m = 64 if hidden.is_cuda else 16
-    half = head_dim // 2
-    grid = (triton.cdiv(num_tokens, block_m) + 1, num_heads + 2 * num_kv_heads)  # +1: a partial tile per type
+    grid = (triton.cdiv(num_tokens, meta["BLOCK_M"]) + 1, num_heads + 2 * num_kv_heads)  # +1: a partial tile per type
     _typed_qkv_rope_kernel[grid](
-        x, w_qkv, b_qkv if has_bias else w_qkv, w_qkv_vst, b_qkv_vst if has_bias else w_qkv_vst,
-        row_order, num_raw, positions, kept_positions, slot_mapping, inv_freq,
-        q, k, v, k_cache, v_cache,
-        num_tokens, hidden_size,
-        x.stride(0), w_qkv.stride(0), q.stride(0), k.stride(0), v.stride(0),
+        x, *weights[:4], row_order, num_raw, positions.contiguous(), kept_positions.contiguous(),
+        slot_mapping.contiguous(), weights[4], q, k, v, k_cache, v_cache,
+        num_tokens, hidden.shape[1],
+        x.stride(0), weights[0].stride(0), q.stride(0), k.stride(0), v.stride(0),
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        HALF=half, BLOCK_HALF=max(16, triton.next_power_of_2(half)), PAGE_SIZE=k_cache.shape[1], HAS_BIAS=has_bias,
-        BLOCK_M=block_m, BLOCK_K=64, DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
-        num_warps=8, num_stages=3)
+        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, PAGE_SIZE=k_cache.shape[1], **meta)
     return q, k, v

@@ -26,7 +26,10 @@ class StepInfo:
     slot_mapping [T]    flat cache slot where the row's K/V is kept, -1 = not kept (raw visual)
     kept_positions [T]  position a kept row's K is rotated to in the cache
     cu_seqlens [B+1]    chunk boundaries; block_tables [B, max_pages]; kept_lens [B] entries each sees
+    cu_src [B+1]        chunk boundaries in the step's source rows (the model's input: a window without its VSTs)
+    ratios, rems [B]    each chunk's interleave rule (ratio 0: no VSTs), see `vxl.kernels.interleave`
     is_decode           every chunk is one ordinary token already appended: use paged decode attention
+    has_vst             some row is a VST: the first layer reads its slots from the source rows + beacon
     """
     positions: torch.Tensor
     is_vst: torch.Tensor
@@ -35,6 +38,9 @@ class StepInfo:
     cu_seqlens: torch.Tensor
     block_tables: torch.Tensor
     kept_lens: torch.Tensor
+    cu_src: torch.Tensor | None = None      # required when has_vst
+    ratios: torch.Tensor | None = None
+    rems: torch.Tensor | None = None
     is_decode: bool = False
     has_vst: bool = False
 
@@ -80,14 +86,21 @@ class Qwen2Attention(nn.Module):
             setattr(self, attr, w)
             setattr(self, attr.replace("w_", "b_"), b)
 
-    def forward(self, hidden: torch.Tensor, norm: RMSNorm, step: StepInfo, kv_cache: tuple, ops) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, norm: RMSNorm, step: StepInfo, kv_cache: tuple, ops,
+                beacon: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [T, H] -> [T, H]; with `beacon` [H], hidden is the step's source rows [S, H] and the
+        slots are read from them by the interleave rule (the first layer of a step with VSTs)."""
         if self.w_qkv is None:
             raise RuntimeError("call VideoXLForCausalLM.prepare() after loading weights (fuses q/k/v)")
         k_cache, v_cache = kv_cache
-        q, k, v = ops.typed_qkv_rope(hidden, norm.weight, norm.eps, self.w_qkv, self.b_qkv,
-                                     self.w_qkv_vst, self.b_qkv_vst, step.is_vst, step.positions,
-                                     step.kept_positions, step.slot_mapping, k_cache, v_cache,
-                                     self.num_heads, self.num_kv_heads, self.rope_theta)
+        weights = (norm.weight, norm.eps, self.w_qkv, self.b_qkv, self.w_qkv_vst, self.b_qkv_vst)
+        rows = (step.positions, step.kept_positions, step.slot_mapping, k_cache, v_cache,
+                self.num_heads, self.num_kv_heads, self.rope_theta)
+        if beacon is None:
+            q, k, v = ops.typed_qkv_rope(hidden, *weights, step.is_vst, *rows)
+        else:
+            q, k, v = ops.typed_qkv_rope_interleaved(hidden, beacon, *weights, step.cu_seqlens, step.cu_src,
+                                                     step.ratios, step.rems, *rows)
         scale = 1.0 / math.sqrt(self.head_dim)
         if step.is_decode:
             attn = ops.decode_attention(q, k_cache, v_cache, step.block_tables, step.kept_lens + 1, scale)
@@ -121,9 +134,14 @@ class Qwen2DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = Qwen2MLP(cfg)
 
-    def forward(self, hidden: torch.Tensor, step: StepInfo, kv_cache: tuple, ops) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, step: StepInfo, kv_cache: tuple, ops,
+                beacon: torch.Tensor | None = None) -> torch.Tensor:
         # the input norm is fused into the QKV op (it is the op's prologue)
-        hidden = hidden + self.self_attn(hidden, self.input_layernorm, step, kv_cache, ops)
+        attn = self.self_attn(hidden, self.input_layernorm, step, kv_cache, ops, beacon)
+        if beacon is None:
+            hidden = hidden + attn
+        else:  # hidden holds the source rows: the residual add places them (and the beacon) in their slots
+            hidden = ops.interleave_add(attn, hidden, beacon, step.cu_seqlens, step.cu_src, step.ratios, step.rems)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -138,9 +156,13 @@ class Qwen2Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, embeds: torch.Tensor, step: StepInfo, kv_caches: list, ops) -> torch.Tensor:
-        """embeds [T, H] -> last layer's hidden [T, H] (final norm not applied: it is only needed on
-        the rows that sample, see compute_logits); appends kept rows' K/V to the caches."""
+        """embeds [S, H], the step's source rows (a window's raw visual rows without its VSTs) -> last
+        layer's hidden [T, H] over the step's slots (final norm not applied: it is only needed on the rows
+        that sample, see compute_logits); appends kept rows' K/V to the caches. With VSTs in the step, the
+        first layer reads each slot from embeds or the beacon row: the interleaved input is never built."""
+        beacon = self.beacon_embed_tokens.weight[0] if step.has_vst else None
         hidden = embeds
         for layer, kv in zip(self.layers, kv_caches):
-            hidden = layer(hidden, step, kv, ops)
+            hidden = layer(hidden, step, kv, ops, beacon)
+            beacon = None
         return hidden
