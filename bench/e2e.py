@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
     p.add_argument("--frames", type=int, nargs="+", default=None,
                    help=f"frame counts (default {CPU_FRAMES} on CPU, {GPU_FRAMES} on GPU)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N",
+                   help="instead of --frames: the default sweep doubled from 64 up to N, N included")
     p.add_argument("--ratios", type=int, nargs="+", default=[1, 4, 16], help="compression ratios (1 = uncompressed)")
     p.add_argument("--video", default=None, help="a video file (default: generated uint8 frames, no decoding)")
     p.add_argument("--frame-size", type=parse_size, default=(120, 160), help="generated frames, HxW")
@@ -64,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-tolerance", type=float, default=0.05)
     p.add_argument("--search-budget", type=float, default=1800.0, help="seconds for the whole search")
     return p
+
+
+def sweep_frames(device: torch.device, max_frames: int | None) -> list[int]:
+    """The default frame counts, or with max_frames N: 64, 128, ... (doubling) up to N, and N itself."""
+    if max_frames is None:
+        return GPU_FRAMES if device.type == "cuda" else CPU_FRAMES
+    frames = [n for n in (64 * 2 ** i for i in range(max_frames.bit_length())) if n < max_frames]
+    return frames + [max_frames]
 
 
 def check_args(args, device: torch.device) -> None:
@@ -126,7 +136,11 @@ def notes_for(args, device: torch.device) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    args.frames = args.frames or (GPU_FRAMES if device.type == "cuda" else CPU_FRAMES)
+    if args.frames is not None and args.max_frames is not None:
+        raise SystemExit("error: give --frames or --max-frames, not both")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise SystemExit("error: --max-frames must be >= 1")
+    args.frames = args.frames or sweep_frames(device, args.max_frames)
     check_args(args, device)
     isolate = args.isolate if args.isolate is not None else device.type != "cuda"
     if args.from_json:

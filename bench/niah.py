@@ -1,5 +1,6 @@
-"""Video needle-in-a-haystack (`vxl niah`): a frame with a word written in it is put into a haystack video
-at depths 0..100% for a grid of frame counts; the model answers a 4-option question about the word, scored by
+"""Video needle-in-a-haystack (`vxl niah`): a needle frame (a word written in it, or `--needle-image` pasted
+into it with its own question and options) is put into a haystack video at depths 0..100% for a grid of
+frame counts; the model answers a 4-option question about the needle, scored by
 exact option-letter match (`generate`: first A-D letter of the answer; `likelihood`: most likely letter
 token). Writes JSON + a frames x depth heatmap PNG. Run from the repository root: `python -m bench.niah -h`."""
 from __future__ import annotations
@@ -20,7 +21,11 @@ from bench.niah_data import (
     extract_letter,
     insert_needle,
     load_haystack,
+    load_needle_image,
+    make_image_question,
     make_question,
+    needle_index,
+    paste_image,
     render_needle,
 )
 
@@ -41,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", default=None, help="haystack video file (default: a generated video)")
     p.add_argument("--frame-size", type=parse_size, default=None,
                    help="generated haystack and needle size HxW (default: the model's crop size)")
+    p.add_argument("--needle-image", default=None, metavar="PATH",
+                   help="needle: this image pasted into the needle frame (default: a word rendered into it); "
+                   "needs --needle-question, --needle-options and --needle-answer")
+    p.add_argument("--needle-question", default=None, help="the question about the needle image")
+    p.add_argument("--needle-options", nargs=len(LETTERS), default=None, metavar="OPTION",
+                   help="the 4 answer options (shuffled per trial)")
+    p.add_argument("--needle-answer", default=None, help="the right option: its text, or its letter A-D as given")
+    p.add_argument("--needle-scale", type=float, default=1.0,
+                   help="the image fits in this fraction of the frame (aspect kept, centred; the rest is haystack)")
     p.add_argument("--scoring", choices=["generate", "likelihood"], default="generate",
                    help="generate: first A-D letter of the greedy answer; likelihood: most likely letter token")
     p.add_argument("--max-tokens", type=int, default=8, help="answer length with --scoring generate")
@@ -56,10 +70,35 @@ def check_args(args) -> None:
         raise SystemExit("error: frames, trials, batch size and max tokens must be >= 1")
     if any(not 0.0 <= d <= 1.0 for d in args.depths):
         raise SystemExit("error: depths must be within [0, 1]")
-    if args.trials > len(WORDS):
+    if args.needle_image is None and args.trials > len(WORDS):
         raise SystemExit(f"error: at most {len(WORDS)} trials per cell (one word each)")
     if args.video is not None and not os.path.isfile(args.video):
         raise SystemExit(f"error: --video {args.video!r} is not a file")
+    check_needle_args(args)
+
+
+def check_needle_args(args) -> None:
+    """An image needle comes with its question, 4 distinct options and the right one (text or letter);
+    `args.needle_answer` becomes the right option's text."""
+    image_args = (args.needle_question, args.needle_options, args.needle_answer)
+    if args.needle_image is None:
+        if any(a is not None for a in image_args):
+            raise SystemExit("error: --needle-question/--needle-options/--needle-answer need --needle-image")
+        return
+    if any(a is None for a in image_args):
+        raise SystemExit("error: --needle-image needs --needle-question, --needle-options and --needle-answer")
+    try:
+        load_needle_image(args.needle_image)
+    except ValueError as exc:
+        raise SystemExit(f"error: --needle-image: {exc}") from None
+    if len(set(args.needle_options)) != len(LETTERS):
+        raise SystemExit(f"error: --needle-options must be {len(LETTERS)} different options")
+    if args.needle_answer in LETTERS and args.needle_answer not in args.needle_options:
+        args.needle_answer = args.needle_options[LETTERS.index(args.needle_answer)]
+    if args.needle_answer not in args.needle_options:
+        raise SystemExit(f"error: --needle-answer {args.needle_answer!r} is not one of --needle-options")
+    if not 0.0 < args.needle_scale <= 1.0:
+        raise SystemExit("error: --needle-scale must be in (0, 1]")
 
 
 def build_llm(args):
@@ -74,11 +113,19 @@ def build_llm(args):
 
 
 def make_trials(args) -> list[dict]:
-    """The grid: per frame count and depth, `trials` questions with different words."""
+    """The grid: per frame count and depth, `trials` questions with different words (text needles) or
+    with the image needle's options in a different order."""
     rng = np.random.default_rng(args.seed)
     trials = []
     for n in args.frames:
         for depth in args.depths:
+            if args.needle_image is not None:
+                for _ in range(args.trials):
+                    question, options, answer = make_image_question(args.needle_question, args.needle_options,
+                                                                    args.needle_answer, rng)
+                    trials.append({"frames": n, "depth": depth, "needle_image": args.needle_image,
+                                   "options": options, "answer": answer, "question": question})
+                continue
             for word in rng.choice(WORDS, size=args.trials, replace=False):
                 question, options, answer = make_question(str(word), rng)
                 trials.append({"frames": n, "depth": depth, "word": str(word), "options": options,
@@ -103,6 +150,16 @@ def predict(out, scoring: str, letter_ids: dict[str, int] | None) -> str | None:
     return max(letter_ids, key=lambda letter: first.get(letter_ids[letter], float("-inf")))
 
 
+def needle_video(trial: dict, haystack: np.ndarray, needle_image: np.ndarray | None,
+                 scale: float) -> tuple[np.ndarray, int]:
+    """The haystack with the trial's needle frame at its depth: the image pasted into the haystack frame
+    there, or the trial's word rendered on white; and that frame's index."""
+    if needle_image is not None:
+        idx = needle_index(len(haystack), trial["depth"])
+        return insert_needle(haystack, paste_image(haystack[idx], needle_image, scale), trial["depth"])
+    return insert_needle(haystack, render_needle(trial["word"], *haystack.shape[1:3]), trial["depth"])
+
+
 def run_trials(llm, args, trials: list[dict], size: tuple[int, int]) -> None:
     """Answers every trial in place: needle_frame, output, predicted letter, correct."""
     from vxl import SamplingParams
@@ -112,12 +169,13 @@ def run_trials(llm, args, trials: list[dict], size: tuple[int, int]) -> None:
         letter_ids = letter_token_ids(llm.tokenizer)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=llm.config.vocab_size)
     haystacks = {n: load_haystack(args.video, n, size[0], size[1], args.seed) for n in sorted(set(args.frames))}
+    needle_image = load_needle_image(args.needle_image) if args.needle_image is not None else None
     for start in range(0, len(trials), args.batch_size):
         batch = trials[start:start + args.batch_size]
         requests = []
         for t in batch:
             hay = haystacks[t["frames"]]
-            frames, t["needle_frame"] = insert_needle(hay, render_needle(t["word"], *hay.shape[1:3]), t["depth"])
+            frames, t["needle_frame"] = needle_video(t, hay, needle_image, args.needle_scale)
             t["num_frames_used"] = len(frames)      # fewer than asked when a video file is shorter
             requests.append({"prompt": t["question"], "video": frames, "num_frames": len(frames),
                              "compression_ratio": args.compression_ratio})
@@ -181,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
                      "level or below; this run checks that the harness works. Use a trained checkpoint.")
     name = os.path.basename(os.path.normpath(args.model))
     stem = args.name or f"niah_{name}"
-    title = (f"vxl video NIAH: {name}, r={args.compression_ratio}, {args.scoring} scoring, "
+    needle = f"image {os.path.basename(args.needle_image)}" if args.needle_image else "text"
+    title = (f"vxl video NIAH: {name}, {needle} needle, r={args.compression_ratio}, {args.scoring} scoring, "
              f"accuracy {accuracy:.1%} (chance {CHANCE:.0%})")
     result = {"benchmark": "niah", "env": info, "header": header, "args": {k: v for k, v in vars(args).items()},
-              "frame_size": list(size), "accuracy": accuracy, "chance": CHANCE, "num_trials": len(trials),
+              "frame_size": list(size), "needle_kind": "image" if args.needle_image else "text", "accuracy": accuracy, "chance": CHANCE, "num_trials": len(trials),
               "num_errors": errors, "seconds": seconds, "cells": cells, "trials": trials, "notes": notes}
     paths = [write_json(os.path.join(args.out, f"{stem}.json"), result),
              plot_heatmap(cells, os.path.join(args.out, f"{stem}_heatmap.png"), title, header)]

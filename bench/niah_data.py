@@ -1,6 +1,6 @@
 """Needle-in-a-haystack material: a haystack of uint8 frames (a video file's sampled frames or a generated
-video), a needle frame with a word rendered into it (PIL), the 4-option question about it, and the
-scoring rule (the first option letter A-D of the answer)."""
+video), a needle frame (a word rendered into it, or a given image pasted into it; PIL), the 4-option
+question about it, and the scoring rule (the first option letter A-D of the answer)."""
 from __future__ import annotations
 
 import re
@@ -44,6 +44,39 @@ def render_needle(word: str, height: int, width: int) -> np.ndarray:
     y = (height - (bottom - top)) // 2 - top
     draw.text((x, y), word, fill="black", font=font)
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_needle_image(path: str) -> np.ndarray:
+    """The needle image file as uint8 RGB [H, W, 3]; ValueError naming the problem."""
+    from vxl.engine.image import load_image
+    return load_image(path).numpy()
+
+
+def paste_image(frame: np.ndarray, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """A copy of `frame` [H, W, 3] with `image` resized (aspect ratio kept, PIL bicubic) to the largest size
+    fitting in scale x (H, W), pasted at the centre; the rest of the frame keeps the haystack's pixels."""
+    from PIL import Image
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    height, width = frame.shape[:2]
+    fit = min(scale * height / image.shape[0], scale * width / image.shape[1])
+    nh, nw = max(1, min(height, round(image.shape[0] * fit))), max(1, min(width, round(image.shape[1] * fit)))
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BICUBIC), dtype=np.uint8)
+    out = frame.copy()
+    top, left = (height - nh) // 2, (width - nw) // 2
+    out[top:top + nh, left:left + nw] = resized
+    return out
+
+
+def make_image_question(question: str, options: list[str], correct: str,
+                        rng: np.random.Generator) -> tuple[str, list[str], str]:
+    """(question text, the 4 options shuffled, the correct letter) for an image needle: the user's question
+    and options; the shuffle moves the right answer between letters from trial to trial."""
+    options = list(options)
+    rng.shuffle(options)
+    answer = LETTERS[options.index(correct)]
+    lines = [f"{letter}) {opt}" for letter, opt in zip(LETTERS, options)]
+    return question + "\n" + "\n".join(lines) + "\n" + INSTRUCTION, options, answer
 
 
 def make_question(word: str, rng: np.random.Generator) -> tuple[str, list[str], str]:

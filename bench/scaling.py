@@ -7,7 +7,10 @@ from collections import defaultdict
 
 import numpy as np
 
-TIMES = {"wall": lambda p: p["wall_seconds"], "llm": lambda p: p["seconds"].get("prefill", 0.0)}
+# "llm": LLM prefill = visual windows + text; "prefill" is that sum in results recorded before the split
+LLM_PREFILL_STAGES = ("windows", "text_prefill", "prefill")
+TIMES = {"wall": lambda p: p["wall_seconds"],
+         "llm": lambda p: sum(p["seconds"].get(stage, 0.0) for stage in LLM_PREFILL_STAGES)}
 
 
 def by_ratio(points: list[dict]) -> dict[int, list[dict]]:

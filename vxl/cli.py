@@ -82,7 +82,8 @@ def _run(args, reqs: list[dict]) -> int:
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
-    outs = llm.generate(reqs, params, use_tqdm=len(reqs) > 1)
+    # bars on stderr: requests (several), windows (a long video, even alone); --no-progress hides both
+    outs = llm.generate(reqs, params, use_tqdm=not args.no_progress)
     status = 0
     for out in outs:
         if args.json:
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prompt", help="the question (required unless every request comes from --requests)")
     gen.add_argument("--images", nargs="+", help="several images asked about together (one frame each)")
     gen.add_argument("--requests", help="a JSONL file of request dicts (prompt, video/image/images, ...)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bars (requests, video windows)")
     _engine_args(gen)
     demo = sub.add_parser("demo", help="generate a needle video, ask the model about it, show the right answer")
     demo.add_argument("--task", default="retrieval", choices=["retrieval", "ordering", "counting"])

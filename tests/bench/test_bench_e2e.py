@@ -48,7 +48,7 @@ def test_e2e_sweep_in_process(tmp_path):
         assert p["compression_ratio"] == 2 and p["num_visual_tokens"] == 16 * p["num_frames"]
         assert p["num_vst_tokens"] == count_vst(p["num_visual_tokens"], 160, 2)
         assert p["kept_kv_bytes"] == p["num_kept_tokens"] * 2 * 3 * 2 * 32 * 4      # tiny, float32
-        assert {"prefill", "vision"} <= set(p["seconds"]) and p["wall_seconds"] > 0
+        assert {"windows", "text_prefill", "vision"} <= set(p["seconds"]) and p["wall_seconds"] > 0
         assert p["peak_memory_kind"] == "process RSS" and p["peak_memory_bytes"] > 0
         assert p["mfu"] is None                                                   # CPU: no MFU
         assert len(p["wall_seconds_all"]) == 2 and p["torch_num_threads"] == 1

@@ -1,5 +1,6 @@
 """The video needle-in-a-haystack harness: needle rendering, insertion, questions and scoring, and the
-whole run on a tiny grid with the built-in model (random weights: only the harness is checked)."""
+whole run on a tiny grid with the built-in model (random weights: only the harness is checked), with text
+and image needles."""
 import json
 import os
 import sys
@@ -17,8 +18,10 @@ from bench.niah_data import (  # noqa: E402
     extract_letter,
     insert_needle,
     load_haystack,
+    make_image_question,
     make_question,
     needle_index,
+    paste_image,
     render_needle,
 )
 
@@ -95,6 +98,85 @@ def test_niah_likelihood_scoring_always_picks_a_letter(tmp_path):
     result = read_result(tmp_path, "l")
     assert all(t["predicted"] in LETTERS for t in result["trials"])
     assert result["args"]["compression_ratio"] == 4
+
+
+def write_needle_png(path, h=30, w=20):
+    from PIL import Image
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[..., 0] = 255                                           # a red card with a blue bar
+    img[h // 3:2 * h // 3, :, 2] = 255
+    Image.fromarray(img).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("scale,box", [(1.0, (0, 40, 16, 43)), (0.5, (10, 30, 23, 36))])
+def test_paste_image_fits_centred_and_keeps_the_haystack_around(scale, box):
+    frame = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    img = np.zeros((30, 20, 3), dtype=np.uint8)
+    img[..., 0] = 255
+    out = paste_image(frame, img, scale)
+    top, bottom, left, right = box                      # 30x20 fit into scale x 40x60, centred
+    red = np.abs(out[top:bottom, left:right].astype(int) - (255, 0, 0))
+    assert red.max() <= 2                               # bicubic of a flat colour: rounding only
+    mask = np.ones((40, 60), dtype=bool)
+    mask[top:bottom, left:right] = False
+    assert (out[mask] == frame[mask]).all() and not (frame[top:bottom, left:right] == (255, 0, 0)).all()
+
+
+def test_image_question_shuffles_options_and_tracks_the_answer():
+    rng = np.random.default_rng(0)
+    options = ["Cat", "Dog", "Horse", "Bird"]
+    answers = set()
+    for _ in range(12):
+        question, shuffled, answer = make_image_question("Which animal is shown?", options, "Dog", rng)
+        assert sorted(shuffled) == sorted(options) and shuffled[LETTERS.index(answer)] == "Dog"
+        assert question.startswith("Which animal is shown?\nA) ") and f"{answer}) Dog" in question
+        answers.add(answer)
+    assert len(answers) > 1
+
+
+def test_needle_video_pastes_the_image_at_the_depth():
+    hay = np.random.default_rng(2).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
+    img = np.full((16, 16, 3), 7, dtype=np.uint8)
+    frames, idx = niah.needle_video({"depth": 0.5}, hay, img, 0.5)
+    assert idx == 4 and (frames[4, 8:24, 8:24] == 7).all() and (frames[4, :8] == hay[4, :8]).all()
+    assert (np.delete(frames, 4, axis=0) == np.delete(hay, 4, axis=0)).all()
+
+
+def test_niah_image_needle_tiny_grid(tmp_path):
+    needle = write_needle_png(tmp_path / "needle.png")
+    rc = niah.main(["--frames", "8", "12", "--depths", "0", "1", "--trials", "2", "--max-tokens", "2",
+                    "--needle-image", needle, "--needle-question", "What is on the card?",
+                    "--needle-options", "A red card", "A cat", "A tree", "A boat", "--needle-answer", "A",
+                    "--out", str(tmp_path), "--name", "img"])
+    assert rc == 0
+    result = read_result(tmp_path, "img")
+    assert result["needle_kind"] == "image" and result["num_trials"] == 8 and result["num_errors"] == 0
+    for t in result["trials"]:
+        assert t["needle_image"] == needle and "word" not in t
+        assert t["options"][LETTERS.index(t["answer"])] == "A red card"
+        assert t["question"].startswith("What is on the card?\n")
+        assert t["needle_frame"] == (0 if t["depth"] == 0 else t["frames"] - 1)
+    assert result["args"]["needle_answer"] == "A red card"
+
+
+@pytest.mark.parametrize("extra", [["--needle-image", "/no/such.png", "--needle-question", "Q", "--needle-options",
+                                    "a", "b", "c", "d", "--needle-answer", "a"],
+                                   ["--needle-question", "Q"],
+                                   ["--needle-image", "NEEDLE"],
+                                   ["--needle-image", "NEEDLE", "--needle-question", "Q", "--needle-options",
+                                    "a", "b", "c", "a", "--needle-answer", "a"],
+                                   ["--needle-image", "NEEDLE", "--needle-question", "Q", "--needle-options",
+                                    "a", "b", "c", "d", "--needle-answer", "e"],
+                                   ["--needle-image", "NOT_AN_IMAGE", "--needle-question", "Q", "--needle-options",
+                                    "a", "b", "c", "d", "--needle-answer", "a"]])
+def test_niah_rejects_bad_image_needles(tmp_path, extra):
+    needle = write_needle_png(tmp_path / "n.png")
+    (tmp_path / "text.png").write_text("not an image")
+    argv = [needle if a == "NEEDLE" else str(tmp_path / "text.png") if a == "NOT_AN_IMAGE" else a for a in extra]
+    with pytest.raises(SystemExit) as exc:
+        niah.main(["--frames", "4", "--out", str(tmp_path)] + argv)
+    assert exc.value.code != 0 and "needle" in str(exc.value.code)
 
 
 @pytest.mark.parametrize("argv", [["--nope"], ["--depths", "1.5"], ["--trials", "0"], ["--video", "/no/such.mp4"]])

@@ -24,6 +24,16 @@ def make_request(seed, num_visual=40, ratio=4, prefix=3, suffix=5):
             "request_id": f"r{seed}"}
 
 
+def expected_peak_kv_bytes(llm, req, max_tokens):
+    """Kept entries at the last step: prefix + suffix + VSTs (N // r in all: each window's remainder carries
+    over) + every generated token but the last (sampled, never fed back), in whole pages."""
+    ids, embeds = req["prompt_token_ids"], req.get("visual_embeds")
+    num_vst = embeds.shape[0] // req["compression_ratio"] if embeds is not None else 0
+    kept = len(ids) - (embeds is not None) + num_vst + max_tokens - 1
+    page = llm.block_manager.page_size
+    return -(-kept // page) * page * llm.bytes_per_token
+
+
 def assert_pool_empty(llm):
     usage = llm.kv_cache_usage()
     assert usage["num_free_pages"] == usage["num_pages"]
@@ -40,6 +50,11 @@ def test_batch_gives_the_same_tokens_as_each_alone(llm):
         alone = llm.generate([req], params, use_tqdm=False)[0]
         assert out.token_ids == alone.token_ids and len(out.token_ids) == 7
         assert out.request_id == req.get("request_id", out.request_id)
+        # a request's own peak does not depend on its company; the pool's does
+        assert out.metrics["peak_kv_bytes"] == alone.metrics["peak_kv_bytes"] == expected_peak_kv_bytes(llm, req, 7)
+        assert alone.metrics["pool_peak_kv_bytes"] == alone.metrics["peak_kv_bytes"]
+    assert len({o.metrics["pool_peak_kv_bytes"] for o in together}) == 1
+    assert together[0].metrics["pool_peak_kv_bytes"] > max(o.metrics["peak_kv_bytes"] for o in together)
     assert [o.request_id for o in together[:6]] == [f"r{s}" for s in range(1, 7)]
     assert_pool_empty(llm)
 
@@ -118,9 +133,13 @@ def test_requests_that_do_not_fit_together_wait_their_turn(tmp_path):
     tight = LLM(str(tmp_path), device="cpu", dtype="float32", page_size=4, num_pages=12)  # one request at a time
     reqs = [make_request(s, num_visual=60, ratio=2) for s in (15, 16, 17)]
     params = SamplingParams(max_tokens=6, ignore_eos=True)
-    expected = [o.token_ids for o in roomy.generate(reqs, params, use_tqdm=False)]
+    together = roomy.generate(reqs, params, use_tqdm=False)
+    expected = [o.token_ids for o in together]
     got = tight.generate(reqs, params, use_tqdm=False)
     assert [o.error for o in got] == [None] * 3 and [o.token_ids for o in got] == expected
-    peak = got[0].metrics["peak_kv_pool_bytes"] // (4 * tight.bytes_per_token)
-    assert peak <= 12
+    one = expected_peak_kv_bytes(tight, reqs[0], 6)             # 3 + 30 + 5 + 5 = 43 kept -> 11 pages
+    assert one == 11 * 4 * tight.bytes_per_token
+    assert all(o.metrics["peak_kv_bytes"] == one for o in got)
+    assert all(o.metrics["pool_peak_kv_bytes"] == one for o in got)                  # one at a time
+    assert together[0].metrics["pool_peak_kv_bytes"] == 3 * one                      # all at once
     assert_pool_empty(tight)

@@ -1,6 +1,7 @@
 """End to end on the built-in tiny model with real video files: CLI, streaming, failure isolation."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from vxl import LLM, SamplingParams
 from vxl.cli import main, write_demo_video
+from vxl.engine.vst import window_lengths
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ def test_video_file_and_same_frames_as_array_agree(llm, video):
     tpf = llm.model.tokens_per_frame
     assert a.metrics["num_frames"] == 40 and a.metrics["num_visual_tokens"] == 40 * tpf
     assert a.metrics["num_vst_tokens"] == 40 * tpf // 16
-    assert {"vision", "decode_video", "prefill", "decode"} <= set(a.metrics["seconds"])
+    assert {"vision", "decode_video", "windows", "text_prefill", "decode"} <= set(a.metrics["seconds"])
+    assert "prefill" not in a.metrics["seconds"]
 
 
 def test_frames_are_encoded_window_by_window(llm, video):
@@ -50,6 +53,38 @@ def test_frames_are_encoded_window_by_window(llm, video):
         del llm.model.encode_frames
     frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)
     assert out.error is None and sum(sizes) == 40 and max(sizes) <= frames_per_window and len(sizes) > 1
+
+
+class RecordRanges:
+    """Stands in for nvtx.annotate: records each range's name as it opens (from any thread)."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.names.append(name)
+        yield
+
+
+def test_nvtx_ranges_around_every_stage(llm, video):
+    ranges, saved = RecordRanges(), llm.annotate
+    llm.annotate = ranges
+    try:
+        out = llm.generate({"prompt": "Q", "video": video, "num_frames": 40},
+                           SamplingParams(max_tokens=3, ignore_eos=True), use_tqdm=False)[0]
+    finally:
+        llm.annotate = saved
+    assert out.error is None
+    frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)
+    num_chunks = -(-40 // frames_per_window)
+    names = ranges.names
+    assert num_chunks <= names.count("decode-video") <= num_chunks + 1      # + the read that finds the end
+    assert names.count("vision") == num_chunks
+    assert names.count("windows") == len(window_lengths(40 * llm.model.tokens_per_frame, llm.config.beacon_window))
+    assert names.count("text-prefill") == 2                                 # the text before and after the video
+    assert names.count("decode") == 2                                       # the 3rd token is never fed back
+    assert set(names) == {"decode-video", "vision", "windows", "text-prefill", "decode"}
 
 
 def test_bad_videos_fail_alone(llm, video, tmp_path):
@@ -134,15 +169,15 @@ def test_cli_images_and_jsonl(video, tmp_path, capsys):
         p = tmp_path / f"im{i}.png"
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
-    assert main(["generate", paths[0], video, "--prompt", "Q", "--max-tokens", "2", "--json"]) == 0
+    assert main(["generate", "--model", "tiny", paths[0], video, "--prompt", "Q", "--max-tokens", "2", "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["error"] for r in records] == [None, None] and records[1]["metrics"]["num_frames"] == 40
-    assert main(["generate", "--images", *paths, "--prompt", "Q", "--max-tokens", "2", "--json"]) == 0
+    assert main(["generate", "--model", "tiny", "--images", *paths, "--prompt", "Q", "--max-tokens", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip())["metrics"]["num_frames"] == 2
     jsonl = tmp_path / "reqs.jsonl"
     jsonl.write_text(json.dumps({"prompt": "A?", "video": video, "num_frames": 8}) + "\n" +
                      json.dumps({"prompt": "B?", "image": paths[1]}) + "\n")
-    assert main(["generate", "--requests", str(jsonl), "--max-tokens", "2"]) == 0
+    assert main(["generate", "--model", "tiny", "--requests", str(jsonl), "--max-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("frames=") == 2 and "line1:" in out
 
@@ -157,3 +192,16 @@ def test_parallel_decoding_and_keyframe_snap(video):
     assert snap.error is None and snap.metrics["num_frames"] == 24
     with pytest.raises(ValueError):
         LLM("tiny", device="cpu", video_decode_workers=0)
+
+
+def test_cli_single_long_video_shows_its_windows_bar(video, tmp_path, capsys):
+    long_video = write_demo_video(str(tmp_path / "long.mp4"), num_frames=200, height=64, width=96)
+    argv = ["generate", long_video, "--model", "tiny", "--prompt", "Q", "--max-tokens", "1", "--num-frames", "200",
+            "--compression-ratio", "16"]
+    assert main(argv) == 0                       # 200 frames = 20 windows of the tiny model: a bar
+    err = capsys.readouterr().err
+    assert "windows" in err and "/20 [" in err and "requests" not in err
+    assert main(argv + ["--no-progress"]) == 0
+    assert "windows" not in capsys.readouterr().err
+    assert main(["generate", video, "--model", "tiny", "--prompt", "Q", "--max-tokens", "1"]) == 0
+    assert "windows" not in capsys.readouterr().err       # 4 windows: too short for a bar

@@ -162,7 +162,8 @@ def visual_from_video(llm, video, num_frames) -> VideoTokens:
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)
-    return VideoTokens(source, llm.model, llm.loaded.image_processor, llm.device, frames_per_window)
+    return VideoTokens(source, llm.model, llm.loaded.image_processor, llm.device, frames_per_window,
+                       annotate=llm.annotate)
 
 
 def prepare_request(llm, req: Request) -> PreparedRequest:

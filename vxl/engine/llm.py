@@ -1,6 +1,7 @@
 """`vxl.LLM`: the public engine API (DESIGN section 5): load a model, run batches of requests."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import nvtx
@@ -11,7 +12,7 @@ from vxl.config import EngineConfig
 from vxl.config import IMAGE_TOKEN_INDEX
 from vxl.engine.block_manager import BlockManager, BlockTable, OutOfPages
 from vxl.engine.inputs import (RequestError, check_ratio, check_token_ids, prepare_request, prompt_ids_from_text,
-                               visual_from_embeds, visual_from_video)
+                               visual_from_embeds, visual_from_images, visual_from_video)
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams, sample_token
@@ -23,6 +24,9 @@ from vxl.kernels import get_backend
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# per chunk kind: its stage in metrics["seconds"], and the NVTX range around the layers that run it
+STAGE_OF_KIND = {"window": "windows", "text": "text_prefill", "decode": "decode"}
+RANGE_OF_KIND = {"window": "windows", "text": "text-prefill", "decode": "decode"}
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -74,6 +78,9 @@ class LLM:
         self.runner = ModelRunner(self.model, self.ops, num_pages, page_size, self.dtype, self.device)
         self.seed = seed
         self.model_fingerprint = model_fingerprint(self.model, self.config)
+        # NVTX ranges (no-ops without a profiler): decode-video, vision, windows, text-prefill, decode.
+        # Any callable name -> context manager will do (tests record the ranges with one).
+        self.annotate = nvtx.annotate
 
     def _load(self, model, seed: int):
         from vxl.model.loader import LoadedModel, load_checkpoint
@@ -151,23 +158,29 @@ class LLM:
         scheduler = Scheduler(self.block_manager, self.engine_config.max_batch_tokens)
         for seq, kept in zip(seqs, max_kept):
             scheduler.add(seq, kept)
-        bar = tqdm(total=len(requests), desc="requests", disable=not use_tqdm)
+        # one request: no requests bar, only its windows bar (long videos)
+        bar = tqdm(total=len(requests), desc="requests", disable=not use_tqdm or len(requests) < 2)
         bar.update(sum(o is not None for o in outputs))
         try:
             with torch.inference_mode():
-                self._run(scheduler, seqs, outputs, bar)
+                pool_peak_pages = self._run(scheduler, seqs, outputs, bar, use_tqdm)
         finally:
             for seq in seqs:        # nothing survives a call: every page returns to the pool
                 seq.release()
             bar.close()
+        pool_peak_bytes = pool_peak_pages * self.block_manager.page_size * self.bytes_per_token
+        for out in outputs:         # known only once the call ends; requests rejected before admission lack it
+            if "peak_kv_bytes" in out.metrics:
+                out.metrics["pool_peak_kv_bytes"] = pool_peak_bytes
         return outputs
 
-    def _run(self, scheduler: Scheduler, seqs: list[Sequence], outputs: list, bar) -> None:
+    def _run(self, scheduler: Scheduler, seqs: list[Sequence], outputs: list, bar, use_tqdm: bool) -> int:
+        """Steps until every sequence ends; returns the most pages the pool had in use at once."""
         bm = self.block_manager
-        self._peak_used_pages = bm.num_pages - bm.num_free_pages
+        peak_pages = bm.num_pages - bm.num_free_pages
         num_windows = sum(len(window_lengths(s.visual.num_tokens, self.config.beacon_window))
                           for s in seqs if s.visual is not None and s.memory is None)
-        windows_bar = tqdm(total=num_windows, desc="windows", leave=False, disable=bar.disable or num_windows < 20)
+        windows_bar = tqdm(total=num_windows, desc="windows", leave=False, disable=not use_tqdm or num_windows < 20)
         for seq in seqs:
             if seq.is_finished:     # rejected at admission
                 outputs[seq.index] = self._output(seq)
@@ -177,15 +190,13 @@ class LLM:
             for seq, exc in failed:
                 seq.fail(f"{type(exc).__name__}: {exc}")
             t0 = time.perf_counter()
-            kinds = sorted({c.kind for c in chunks})
-            with nvtx.annotate("step:" + "+".join(kinds)):
-                logits = self.runner.run(chunks) if chunks else None
+            logits = self._forward(chunks) if chunks else None
             elapsed = time.perf_counter() - t0
-            self._peak_used_pages = max(self._peak_used_pages, bm.num_pages - bm.num_free_pages)
+            peak_pages = max(peak_pages, bm.num_pages - bm.num_free_pages)
             windows_bar.update(sum(c.kind == "window" for c in chunks))
             row = 0
-            for chunk in chunks:
-                stage = "decode" if chunk.kind == "decode" else "prefill"
+            for chunk in chunks:   # a packed step's time counts in full for each of its chunks' stages
+                stage = STAGE_OF_KIND[chunk.kind]
                 chunk.seq.seconds[stage] = chunk.seq.seconds.get(stage, 0.0) + elapsed
                 if chunk.sample:
                     token, lp = sample_token(logits[row], chunk.seq.params, chunk.seq.generator)
@@ -198,18 +209,33 @@ class LLM:
                     outputs[seq.index] = self._output(seq)
                     bar.update(1)
         windows_bar.close()
+        return peak_pages
+
+    def _forward(self, chunks: list) -> torch.Tensor | None:
+        """runner.run inside one NVTX range per kind of chunk in the step: "windows" (the layers over the
+        step's visual windows), "text-prefill", "decode"; a mixed step nests its ranges."""
+        with contextlib.ExitStack() as ranges:
+            for kind in sorted({c.kind for c in chunks}):
+                ranges.enter_context(self.annotate(RANGE_OF_KIND[kind]))
+            return self.runner.run(chunks)
 
     def encode_video(self, video=None, compression_ratio: int | None = None, num_frames: int | None = None, *,
-                     visual_embeds: torch.Tensor | None = None, prefix_token_ids: list[int] | None = None,
-                     use_tqdm: bool = False) -> VideoMemory:
+                     visual_embeds: torch.Tensor | None = None, image=None, images=None,
+                     prefix_token_ids: list[int] | None = None, use_tqdm: bool = False) -> VideoMemory:
         """Encode a video once (the prompt prefix, then every window; only prefix + VST K/V are kept) into a
         VideoMemory that any number of requests reuse via {"prompt": ..., "video_memory": mem}.
 
-        The prefix is the chat template's text before the video, or `prefix_token_ids` (models without a
-        tokenizer). Its pages count as used in kv_cache_usage() until `mem.release()`.
+        The visual input is one of `video`, `visual_embeds`, `image` (anyres tiles) or `images` (one frame
+        each), as in a request; num_frames applies to video only. The prefix is the chat template's text
+        before the video, or `prefix_token_ids` (models without a tokenizer). Its pages count as used in
+        kv_cache_usage() until `mem.release()`.
         """
-        if (video is None) == (visual_embeds is None):
-            raise ValueError("give exactly one of video and visual_embeds")
+        given = [n for n, v in (("video", video), ("visual_embeds", visual_embeds), ("image", image),
+                                ("images", images)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of video, visual_embeds, image and images, not {given or 'none'}")
+        if num_frames is not None and given[0] != "video":
+            raise ValueError(f"num_frames applies to video only, not to {given[0]}")
         if prefix_token_ids is None:
             ids = prompt_ids_from_text(self.tokenizer, "", True)
             prefix_token_ids = ids[:ids.index(IMAGE_TOKEN_INDEX)]
@@ -217,8 +243,10 @@ class LLM:
         ratio = check_ratio(compression_ratio if compression_ratio is not None else self.config.default_ratio)
         if visual_embeds is not None:
             visual = visual_from_embeds(visual_embeds, self.config.hidden_size, self.device, self.dtype)
-        else:
+        elif video is not None:
             visual = visual_from_video(self, video, num_frames)
+        else:
+            visual = visual_from_images(self, image, images)
         window = self.config.beacon_window
         seq = Sequence(0, "encode", prefix + [IMAGE_TOKEN_INDEX], len(prefix), visual, ratio, SamplingParams(),
                        BlockTable(self.block_manager), self.model, window,
@@ -226,7 +254,7 @@ class LLM:
         try:
             with torch.inference_mode():
                 for chunk in tqdm(seq.prefill, desc="windows", disable=not use_tqdm):
-                    self.runner.run([chunk])
+                    self._forward([chunk])
         except OutOfPages as exc:
             seq.release()
             raise ValueError(f"the KV cache is too small for this video: {exc}") from None
@@ -258,7 +286,9 @@ class LLM:
                    "num_vst_tokens": seq.num_vst, "num_kept_tokens": num_kept,
                    "kept_kv_bytes": num_kept * self.bytes_per_token, "compression_ratio": seq.ratio,
                    "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),
-                   "peak_kv_pool_bytes": self._peak_used_pages * self.block_manager.page_size * self.bytes_per_token,
+                   # block tables only grow while a request lives: its final length is the most pages it
+                   # held at once (pages shared with a VideoMemory included)
+                   "peak_kv_bytes": len(seq.table.pages) * self.block_manager.page_size * self.bytes_per_token,
                    **rates, "seconds": seconds}
         return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason,
                              seq.error, metrics)

@@ -1,8 +1,8 @@
 """Visual token suppliers: hand a sequence its visual embeddings window by window.
 
-`VideoTokens` decodes and preprocesses the next frames on a background thread (a bounded queue of
-chunks) while the model runs the current window, and encodes only the frames the next window needs,
-so host and device never hold more than a few windows of frames, pixels and CLIP activations.
+`VideoTokens` decodes (and on a CPU engine preprocesses) the next frames on a background thread (a
+bounded queue of chunks, kept on the host) while the model runs the current window, and encodes only the
+frames the next window needs: the host holds a few windows of frames, the device never more than one.
 """
 from __future__ import annotations
 
@@ -36,17 +36,24 @@ class EmbedsTokens:
 
 
 class FramePrefetcher:
-    """Background thread: source.iter_chunks -> (to device) -> preprocess -> bounded queue, in order.
+    """Background thread: source.iter_chunks -> bounded queue of at most `max_chunks_ahead` chunks, in
+    order, plus the one the thread is decoding. Queued chunks stay where the source made them (the host,
+    pinned on a CUDA engine for an asynchronous copy); `to_device` moves one chunk, the window being
+    encoded, to the device. A CPU engine preprocesses in the thread, off the model's core; a GPU engine
+    preprocesses on the device in `to_device`, where it is fast and the thread's CPU time goes to decoding.
     An exception in the thread is re-raised by `get` in the consumer, with its message."""
 
     _DONE = object()
 
-    def __init__(self, source, chunk_frames: int, processor, device: torch.device, max_chunks_ahead: int = 2):
+    def __init__(self, source, chunk_frames: int, processor, device: torch.device, max_chunks_ahead: int = 2,
+                 annotate=nvtx.annotate):
+        self.processor, self.device, self.annotate = processor, device, annotate
+        self.is_preprocessed_on_host = device.type == "cpu"
         self.queue: queue.Queue = queue.Queue(maxsize=max_chunks_ahead)
         self.stop = threading.Event()
-        self.seconds = 0.0              # decode + preprocess time spent in the thread
-        self.thread = threading.Thread(target=self._work, args=(source, chunk_frames, processor, device),
-                                       name="vxl-frames", daemon=True)
+        self.seconds = 0.0              # decode (+ host preprocess) time spent in the thread
+        self.thread = threading.Thread(target=self._work, args=(source, chunk_frames), name="vxl-frames",
+                                       daemon=True)
         self.thread.start()
 
     def _put(self, item) -> bool:
@@ -58,18 +65,21 @@ class FramePrefetcher:
                 continue
         return False
 
-    def _work(self, source, chunk_frames, processor, device) -> None:
+    def _work(self, source, chunk_frames) -> None:
         try:
             chunks = source.iter_chunks(chunk_frames)
             while not self.stop.is_set():
                 t0 = time.perf_counter()
-                with nvtx.annotate("decode-video"):
-                    frames = next(chunks, None)
+                with self.annotate("decode-video"):
+                    frames = next(chunks, None)                             # (n, H, W, 3) uint8
                     if frames is None:
                         break
-                    pixels = preprocess_frames(frames.to(device, non_blocking=True), processor)
+                    if self.is_preprocessed_on_host:
+                        frames = preprocess_frames(frames, self.processor)  # (n, 3, S, S)
+                    elif frames.device.type == "cpu" and self.device.type == "cuda":
+                        frames = frames.pin_memory()
                 self.seconds += time.perf_counter() - t0
-                if not self._put(pixels):
+                if not self._put(frames):
                     return
             self._put(self._DONE)
         except BaseException as exc:  # forwarded to the consumer, which fails only this request
@@ -82,6 +92,11 @@ class FramePrefetcher:
         if item is self._DONE:
             raise ValueError("the video ended before all its sampled frames were decoded")
         return item
+
+    def to_device(self, item: torch.Tensor) -> torch.Tensor:
+        """A chunk from `get` -> float32 pixels (n, 3, S, S) on the engine's device."""
+        item = item.to(self.device, non_blocking=True)
+        return item if self.is_preprocessed_on_host else preprocess_frames(item, self.processor)
 
     def close(self) -> None:
         self.stop.set()
@@ -96,8 +111,10 @@ class FramePrefetcher:
 class VideoTokens:
     """Frames of a video source -> preprocess -> CLIP -> projector -> pool, on demand, in time order."""
 
-    def __init__(self, source, model, image_processor, device: torch.device, frames_per_chunk: int):
+    def __init__(self, source, model, image_processor, device: torch.device, frames_per_chunk: int,
+                 annotate=nvtx.annotate):
         self.source, self.model, self.processor, self.device = source, model, image_processor, device
+        self.annotate = annotate        # NVTX ranges "decode-video" (in the thread) and "vision"
         self.tokens_per_frame = model.tokens_per_frame
         self.num_frames = source.num_frames
         self.num_tokens = self.num_frames * self.tokens_per_frame
@@ -109,11 +126,13 @@ class VideoTokens:
 
     def _encode_next_chunk(self) -> None:
         if self._prefetch is None:
-            self._prefetch = FramePrefetcher(self.source, self.frames_per_chunk, self.processor, self.device)
+            self._prefetch = FramePrefetcher(self.source, self.frames_per_chunk, self.processor, self.device,
+                                             annotate=self.annotate)
         t0 = time.perf_counter()
-        pixels = self._prefetch.get()                                       # (n, 3, S, S)
+        chunk = self._prefetch.get()                                        # on the host
         t1 = time.perf_counter()
-        with torch.inference_mode(), nvtx.annotate("vision"):
+        with torch.inference_mode(), self.annotate("vision"):
+            pixels = self._prefetch.to_device(chunk)                        # (n, 3, S, S): this window's only
             tokens = self.model.encode_frames(pixels)                       # (n * tokens_per_frame, H)
         self._buffer.append(tokens)
         self._buffered += tokens.shape[0]
