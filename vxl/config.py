@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 
 IMAGE_TOKEN_INDEX = -200
@@ -132,6 +133,10 @@ class EngineConfig:
     def validate(self) -> None:
         if self.attention_backend not in ("torch", "triton"):
             raise ValueError(f"attention_backend must be 'torch' or 'triton', not {self.attention_backend!r}")
+        if self.attention_backend == "triton" and self.device.startswith("cpu") and not os.environ.get("TRITON_INTERPRET"):
+            # without the interpreter Triton finds no driver on a CPU-only machine and fails at the first kernel
+            raise ValueError("attention_backend='triton' on the CPU runs through Triton's interpreter: set "
+                             "TRITON_INTERPRET=1 before triton is imported, or use attention_backend='torch'")
         if self.page_size <= 0:
             raise ValueError("page_size must be positive")
         if self.num_pages is not None and self.num_pages <= 0:

@@ -127,6 +127,12 @@ def test_bad_engine_arguments_raise(tmp_path, kwargs):
         LLM(**{"model": str(tmp_path), "device": "cpu", **kwargs})
 
 
+def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        LLM("tiny", device="cpu", attention_backend="triton")
+
+
 def test_requests_that_do_not_fit_together_wait_their_turn(tmp_path):
     write_checkpoint(tmp_path, small_config(), seed=14)
     roomy = LLM(str(tmp_path), device="cpu", dtype="float32", page_size=4)
