@@ -123,8 +123,10 @@ def materialise(model: VideoXLForCausalLM, tensors: dict, device: torch.device) 
 def load_tokenizer(path: str):
     if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    from transformers import AutoTokenizer, PretrainedConfig
+    # an empty config: transformers cannot parse llava_qwen's config.json and would only warn about it;
+    # the tokenizer class comes from tokenizer_config.json
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, config=PretrainedConfig())
 
 
 def eos_ids(cfg: ModelConfig, path: str, tokenizer) -> list[int]:
