@@ -72,22 +72,34 @@ def accuracy(records: list[dict]) -> dict:
     return {"accuracy": sum(r["correct"] for r in records) / n if n else float("nan"), "n": n}
 
 
-def accuracy_vs_frames(llm, cfg: EvalConfig, size: int) -> dict:
-    """{task: {frames: {accuracy, n}}} at ratio cfg.ratio."""
+# retrieval asks two kinds of question about its needle: its colour, and its shape or digit (finer detail)
+RETRIEVAL_KINDS = {"retrieval: colour": lambda q: "colour" in q, "retrieval: shape or digit": lambda q: "colour" not in q}
+
+
+def by_task(records_of: dict) -> dict:
+    """{task: {key: records}} -> {row: {key: {accuracy, n}}}, with retrieval also split by question kind."""
     out = {}
-    for task in TASKS:
-        out[task] = {f: accuracy(ask(llm, eval_samples(task, f, cfg.num_videos, cfg.seed, size), cfg.ratio))
-                     for f in cfg.frames}
+    for task, cells in records_of.items():
+        out[task] = {k: accuracy(recs) for k, recs in cells.items()}
+        if task == "retrieval":
+            for row, keep in RETRIEVAL_KINDS.items():
+                out[row] = {k: accuracy([r for r in recs if keep(r["question"])]) for k, recs in cells.items()}
     return out
+
+
+def accuracy_vs_frames(llm, cfg: EvalConfig, size: int) -> dict:
+    """{row: {frames: {accuracy, n}}} at ratio cfg.ratio (rows: tasks, and retrieval by question kind)."""
+    return by_task({task: {f: ask(llm, eval_samples(task, f, cfg.num_videos, cfg.seed, size), cfg.ratio)
+                           for f in cfg.frames} for task in TASKS})
 
 
 def accuracy_vs_ratio(llm, cfg: EvalConfig, size: int, num_frames: int) -> dict:
-    """{task: {ratio: {accuracy, n}}} on the same videos of `num_frames` frames."""
-    out = {}
+    """{row: {ratio: {accuracy, n}}} on the same videos of `num_frames` frames."""
+    records = {}
     for task in TASKS:
         samples = eval_samples(task, num_frames, cfg.num_videos, cfg.seed, size)
-        out[task] = {r: accuracy(ask(llm, samples, r)) for r in cfg.ratios}
-    return out
+        records[task] = {r: ask(llm, samples, r) for r in cfg.ratios}
+    return by_task(records)
 
 
 def niah_grid(llm, cfg: EvalConfig, size: int) -> np.ndarray:

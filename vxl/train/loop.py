@@ -48,6 +48,7 @@ class TrainConfig:
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1
+    init_from: str = ""                 # a run's state.pt: start from its weights (fresh optimizer, no stage 0)
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -121,6 +122,9 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["step"]
+    elif cfg.init_from:     # a further stage on top of an earlier run's weights
+        model.load_state_dict(torch.load(cfg.init_from, weights_only=True)["model"])
+        save_state(state_path, model, opt, 0, cfg)
     else:       # stage 0: the vision tower alone, then a state to resume from
         pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed)
         pretrain_text(model, loaded.tokenizer, cfg.pretrain, cfg.seed)
