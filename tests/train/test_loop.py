@@ -37,6 +37,16 @@ def test_resume_continues_the_same_run(tmp_path):
     assert out.error is None and out.metrics["num_visual_tokens"] == 32
 
 
+def test_init_from_starts_a_stage_on_earlier_weights(tmp_path):
+    train(tiny_config(tmp_path / "first", 2))
+    first = torch.load(tmp_path / "first" / "state.pt", weights_only=True)["model"]
+    cfg = tiny_config(tmp_path / "second", 1)
+    cfg.init_from = str(tmp_path / "first" / "state.pt")
+    train(cfg, stop_after=0)                 # stage start only: the earlier weights, no stage 0 pretraining
+    start = torch.load(tmp_path / "second" / "state.pt", weights_only=True)
+    assert start["step"] == 0 and all(torch.equal(first[k], start["model"][k]) for k in first)
+
+
 def test_cli_arguments_map_to_the_config():
     cfg, args = parse_args(["--steps", "7", "--arch", '{"hidden_size": 64}', "--pretrain", '{"steps": 3}',
                             "--task-weights", "1", "0", "0", "--resume"])

@@ -19,14 +19,15 @@ def demo_checkpoint_path() -> str:
 
 
 def run_demo(llm, seed: int = 0, num_frames: int = 512, compression_ratio: int | None = None,
-             task: str = "retrieval", question: int = 0, max_tokens: int = 8) -> dict:
+             task: str = "retrieval", question: int | None = None, max_tokens: int = 8) -> dict:
     """Generate a synthetic video (`task` from vxl.train.data.TASKS; retrieval: one thing shown on one
     frame of `num_frames`), ask one of its 4-option questions through `llm.generate` (greedy) and return
-    dict(question, options, right_answer, model_answer, is_correct, task, num_frames, events, metrics)."""
+    dict(question, options, right_answer, model_answer, is_correct, task, num_frames, events, metrics).
+    `question` picks among the video's questions (default: the seed does)."""
     from vxl import SamplingParams
     size = llm.loaded.image_processor.crop_size if llm.loaded.image_processor is not None else 64
     sample = make_sample(task, num_frames, [DEMO_TAG, seed], size)
-    qa = sample.qas[question % len(sample.qas)]
+    qa = sample.qas[(seed if question is None else question) % len(sample.qas)]
     request = {"prompt": qa.prompt, "video": sample.frames}
     if compression_ratio is not None:
         request["compression_ratio"] = compression_ratio
