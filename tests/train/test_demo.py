@@ -22,14 +22,17 @@ def llm():
 
 def test_official_layout_and_size():
     path = demo_checkpoint_path()
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "clip/config.json",
+    for name in ("config.json", "model.safetensors.index.json", "tokenizer.json", "clip/config.json",
                  "clip/preprocessor_config.json"):
         assert os.path.exists(os.path.join(path, name)), name
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
     assert cfg["model_type"] == "llava_qwen" and cfg["mm_vision_tower"] == "clip"
     assert cfg["beacon_ratio"] == [2, 4, 8, 12, 16] and cfg["beacon_window"] == 48
-    assert os.path.getsize(os.path.join(path, "model.safetensors")) < 8 * 2**20
+    with open(os.path.join(path, "model.safetensors.index.json")) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    sizes = [os.path.getsize(os.path.join(path, name)) for name in shards]
+    assert len(shards) == 3 and max(sizes) < 2 * 2**20 and sum(sizes) < 8 * 2**20
 
 
 def test_beats_chance_by_a_wide_margin(llm):

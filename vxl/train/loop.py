@@ -21,6 +21,9 @@ from vxl.train.data import TASKS, make_sample
 from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision
 
 
+EXPORT_SHARDS = 3          # keeps each shipped safetensors file under 2 MiB (the repository's file limit)
+
+
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/demo"
@@ -135,7 +138,7 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
     record = run_steps(cfg, loaded, opt, start, end, state_path, log_path)
     if export_dir is not None:
         model.eval()
-        save_checkpoint(loaded, export_dir)
+        save_checkpoint(loaded, export_dir, num_shards=EXPORT_SHARDS)
     return record
 
 
