@@ -53,3 +53,14 @@ def test_cli_arguments_map_to_the_config():
                             "--task-weights", "1", "0", "0", "--resume"])
     assert cfg.steps == 7 and cfg.arch.hidden_size == 64 and cfg.pretrain.steps == 3
     assert cfg.task_weights == [1.0, 0.0, 0.0] and args.resume
+
+
+def test_init_from_an_exported_checkpoint_directory(tmp_path):
+    """A later stage can start from a shipped checkpoint (official layout), not only from a run's state."""
+    train(tiny_config(tmp_path / "first", 2), export_dir=str(tmp_path / "export"))
+    first = torch.load(tmp_path / "first" / "state.pt", weights_only=True)["model"]
+    cfg = tiny_config(tmp_path / "second", 1)
+    cfg.init_from = str(tmp_path / "export")
+    train(cfg, stop_after=0)
+    start = torch.load(tmp_path / "second" / "state.pt", weights_only=True)["model"]
+    assert start.keys() == first.keys() and all(torch.equal(first[k], start[k]) for k in first)

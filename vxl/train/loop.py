@@ -51,7 +51,8 @@ class TrainConfig:
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1
-    init_from: str = ""                 # a run's state.pt: start from its weights (fresh optimizer, no stage 0)
+    init_from: str = ""                 # a run's state.pt or an exported checkpoint directory: start from its
+                                        # weights (fresh optimizer, no stage 0)
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -98,6 +99,15 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
                       tok.convert_tokens_to_ids("<|endoftext|>"), ratios)
 
 
+def initial_weights(path: str) -> dict[str, torch.Tensor]:
+    """The model weights of a run's state.pt, or of a checkpoint directory in the official layout (such as
+    the shipped vxl/data/demo)."""
+    if os.path.isdir(path):
+        from vxl.model.loader import load_checkpoint
+        return load_checkpoint(path, torch.device("cpu"), torch.float32).model.state_dict()
+    return torch.load(path, weights_only=True)["model"]
+
+
 def save_state(path: str, model, opt, step: int, cfg: TrainConfig) -> None:
     tmp = path + ".tmp"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp)
@@ -126,7 +136,7 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         opt.load_state_dict(state["opt"])
         start = state["step"]
     elif cfg.init_from:     # a further stage on top of an earlier run's weights
-        model.load_state_dict(torch.load(cfg.init_from, weights_only=True)["model"])
+        model.load_state_dict(initial_weights(cfg.init_from))
         save_state(state_path, model, opt, 0, cfg)
     else:       # stage 0: the vision tower alone, then a state to resume from
         pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed)
