@@ -64,3 +64,15 @@ def test_init_from_an_exported_checkpoint_directory(tmp_path):
     train(cfg, stop_after=0)
     start = torch.load(tmp_path / "second" / "state.pt", weights_only=True)["model"]
     assert start.keys() == first.keys() and all(torch.equal(first[k], start[k]) for k in first)
+
+
+def test_init_vision_steps_retrain_only_the_vision_tower(tmp_path):
+    train(tiny_config(tmp_path / "first", 2))
+    first = torch.load(tmp_path / "first" / "state.pt", weights_only=True)["model"]
+    cfg = tiny_config(tmp_path / "second", 1)
+    cfg.init_from, cfg.init_vision_steps = str(tmp_path / "first" / "state.pt"), 2
+    train(cfg, stop_after=0)
+    start = torch.load(tmp_path / "second" / "state.pt", weights_only=True)["model"]
+    vision = [k for k in first if k.startswith("model.vision_tower")]
+    assert vision and all(torch.equal(first[k], start[k]) for k in first if k not in vision)
+    assert any(not torch.equal(first[k], start[k]) for k in vision)

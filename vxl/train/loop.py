@@ -53,6 +53,8 @@ class TrainConfig:
     num_threads: int = 1
     init_from: str = ""                 # a run's state.pt or an exported checkpoint directory: start from its
                                         # weights (fresh optimizer, no stage 0)
+    init_vision_steps: int = 0          # with init_from: first retrain the vision tower alone this many steps
+                                        # (stage 0's vision task, fresh heads) to restore detail it lost
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -137,6 +139,9 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         start = state["step"]
     elif cfg.init_from:     # a further stage on top of an earlier run's weights
         model.load_state_dict(initial_weights(cfg.init_from))
+        if cfg.init_vision_steps > 0:
+            vision = PretrainConfig(**{**asdict(cfg.pretrain), "steps": cfg.init_vision_steps})
+            pretrain_vision(model, loaded.image_processor, vision, cfg.seed)
         save_state(state_path, model, opt, 0, cfg)
     else:       # stage 0: the vision tower alone, then a state to resume from
         pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed)
