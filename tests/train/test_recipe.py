@@ -1,0 +1,39 @@
+"""The multi-stage recipe chains stages (each starts from the previous one's weights), skips finished
+stages on a rerun and exports the last one in the official layout."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from vxl import LLM
+from vxl.train.recipe import STAGES, run_recipe
+
+ARCH = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 32,
+        "clip_hidden_size": 16, "clip_intermediate_size": 16, "clip_heads": 2, "clip_layers": 2}
+
+SMALL = ["--min-frames", "4", "--max-frames", "16", "--hold-frames", "8", "--batch-frames", "16", "--min-batch", "2",
+         "--max-batch", "2", "--save-every", "1", "--log-every", "1", "--warmup-steps", "1",
+         "--arch", json.dumps(ARCH), "--pretrain", json.dumps({"steps": 2, "batch_size": 4, "text_steps": 2,
+                                                               "text_batch_size": 4})]
+
+
+def test_recipe_chains_stages_and_exports(tmp_path):
+    stages = [("a", ["--seed", "0", "--steps", "4", "--hold-steps", "1", "--cover-steps", "2", "--ramp-steps", "3"], 2),
+              ("b", ["--seed", "5", "--steps", "2", "--init-vision-steps", "1", "--hold-steps", "0", "--cover", "0"], None)]
+    run_recipe(str(tmp_path / "run"), str(tmp_path / "export"), stages=stages, extra=SMALL)
+    a = torch.load(tmp_path / "run" / "a" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "b" / "state.pt", weights_only=True)
+    assert a["step"] == 2 and b["step"] == 2
+    assert b["config"]["init_from"] == str(tmp_path / "run" / "a" / "state.pt")
+    mtime = os.path.getmtime(tmp_path / "run" / "a" / "state.pt")
+    run_recipe(str(tmp_path / "run"), None, stages=stages, extra=SMALL)       # finished: nothing reruns
+    assert os.path.getmtime(tmp_path / "run" / "a" / "state.pt") == mtime
+    llm = LLM(str(tmp_path / "export"), device="cpu")
+    assert llm.model.tokens_per_frame == 4
+
+
+def test_shipped_recipe_starts_from_scratch_and_chains():
+    assert len(STAGES) == 3 and "--init-from" not in " ".join(a for _, args, _ in STAGES for a in args)
+    assert STAGES[0][2] is not None and STAGES[-1][2] is None
