@@ -43,6 +43,17 @@ def test_beats_chance_by_a_wide_margin(llm):
     assert len(records) == 24 and accuracy >= 0.75, (accuracy, records)      # chance: 0.25
 
 
+def test_orders_and_counts_above_chance(llm):
+    """Ordering: the other colour is always an option, so knowing which colours appeared gives only 50%."""
+    ordering = ask(llm, [make_sample("ordering", 64, [TEST_TAG, 100 + i]) for i in range(8)], ratio=16)
+    # counting is the weakest skill (about 40%): 64 questions, so that passing by guessing is unlikely (~5%)
+    counting = ask(llm, [make_sample("counting", 32, [TEST_TAG, 200 + i]) for i in range(64)], ratio=16)
+    acc = {name: sum(r["correct"] for r in recs) / len(recs) for name, recs in
+           (("ordering", ordering), ("counting", counting))}
+    assert len(ordering) == 16 and len(counting) == 64
+    assert acc["ordering"] >= 0.75 and acc["counting"] >= 22 / 64, acc            # chance: 0.25
+
+
 def test_run_demo_reports_question_and_answers(llm):
     result = run_demo(llm, seed=1, num_frames=128)
     assert {"question", "options", "right_answer", "model_answer", "is_correct"} <= set(result)

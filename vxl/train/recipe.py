@@ -1,4 +1,4 @@
-"""The recipe of the shipped demo model: three `python -m vxl.train` stages, each starting from the previous
+"""The recipe of the shipped demo model: four `python -m vxl.train` stages, each starting from the previous
 one's weights, run in order and resumable (a finished stage is skipped, an interrupted one resumes).
 
     python -m vxl.train.recipe --out-dir runs/demo --export vxl/data/demo [--num-threads 2]
@@ -7,7 +7,8 @@ one's weights, run in order and resumable (a finished stage is skipped, an inter
    of its 2200-step schedule: the run that learns ordering and counting, but reads shapes and digits badly;
 2. 1400 steps on videos of 8 to 256 frames, retrieval-heavy (0.6 / 0.25 / 0.15), lr 5e-4;
 3. the vision tower retrained alone for 1500 steps (stage 0's frame task: restores shape and digit detail
-   that end-to-end training wore away), then 1500 more end-to-end steps (0.6 / 0.2 / 0.2), exported.
+   that end-to-end training wore away), then end to end (0.6 / 0.2 / 0.2), paused at step 600 of 1500;
+4. the same once more: 1500 vision-only steps, then 800 end-to-end steps (0.6 / 0.2 / 0.2), exported.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ STAGES: list[tuple[str, list[str], int | None]] = [
     ("stage1", ["--seed", "0"], 1250),
     ("stage2", ["--seed", "21", "--steps", "1400", *FLAT, "--task-weights", "0.6", "0.25", "0.15"], None),
     ("stage3", ["--seed", "41", "--steps", "1500", "--init-vision-steps", "1500", *FLAT,
+                "--task-weights", "0.6", "0.2", "0.2"], 600),
+    ("stage4", ["--seed", "51", "--steps", "800", "--init-vision-steps", "1500", *FLAT,
                 "--task-weights", "0.6", "0.2", "0.2"], None),
 ]
 
