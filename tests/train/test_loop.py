@@ -76,3 +76,16 @@ def test_init_vision_steps_retrain_only_the_vision_tower(tmp_path):
     vision = [k for k in first if k.startswith("model.vision_tower")]
     assert vision and all(torch.equal(first[k], start[k]) for k in first if k not in vision)
     assert any(not torch.equal(first[k], start[k]) for k in vision)
+
+
+def test_uniform_ratio_steps_use_one_ratio_for_every_window():
+    from vxl.train.arch import build_demo_model
+    from vxl.train.loop import step_batch
+    cfg = TrainConfig.from_dict({"min_frames": 40, "max_frames": 48, "hold_steps": 0, "cover": 0.0,
+                                 "ramp_steps": 0, "min_batch": 1, "max_batch": 1, "arch": ARCH})
+    loaded = build_demo_model(cfg.arch, 0)
+    mixed = [step_batch(cfg, loaded, s).ratios for s in range(1, 6)]
+    assert all(len(r) >= 3 for r in mixed) and any(len(set(r)) > 1 for r in mixed)
+    cfg.uniform_ratio_prob = 1.0
+    uniform = [step_batch(cfg, loaded, s).ratios for s in range(1, 6)]
+    assert all(len(set(r)) == 1 and len(r) == len(m) for r, m in zip(uniform, mixed))

@@ -47,6 +47,7 @@ class TrainConfig:
     cover_steps: int = 600
     ramp_steps: int = 1200
     task_weights: list[float] = field(default_factory=lambda: [0.45, 0.3, 0.25])   # in TASKS order
+    uniform_ratio_prob: float = 0.0     # share of steps whose windows all use one ratio (as at inference)
     open_prob: float = 0.0              # share of questions asked open-ended (evaluation: multiple choice only)
     save_every: int = 50
     log_every: int = 10
@@ -96,6 +97,8 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
                for b, t in enumerate(tasks)]
     num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
+    if cfg.uniform_ratio_prob > 0 and rng.uniform() < cfg.uniform_ratio_prob:
+        ratios = [ratios[0]] * num_windows
     tok = loaded.tokenizer
     return make_batch(samples, tok, loaded.image_processor, tok.convert_tokens_to_ids("<|im_end|>"),
                       tok.convert_tokens_to_ids("<|endoftext|>"), ratios)
