@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/demo_backends.json")
     args = p.parse_args(argv)
     import torch
-    if not torch.cuda.is_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from vxl import LLM
     from vxl.train.data import TASKS
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or demo_checkpoint_path()
     result: dict = {}
     for backend in ("torch", "triton"):
-        llm = LLM(checkpoint, device="cpu", dtype="float32", attention_backend=backend)
+        llm = LLM(checkpoint, device=device, dtype="float32", attention_backend=backend)
         size = llm.loaded.image_processor.crop_size
         t0 = time.perf_counter()
         records = [r for task in TASKS

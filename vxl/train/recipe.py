@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
 from vxl.train.__main__ import parse_args
 from vxl.train.loop import train
 
@@ -42,13 +40,10 @@ def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = 1,
         if previous is not None:
             argv += ["--init-from", previous]
         cfg, _ = parse_args(argv)
-        state = os.path.join(stage_dir, "state.pt")
-        target = cfg.steps if stop is None else stop
         last = i == len(stages) - 1
-        done = os.path.exists(state) and torch.load(state, weights_only=True)["step"] >= target
-        if not done or (last and export_dir is not None):
-            train(cfg, resume=True, export_dir=export_dir if last else None, stop_after=stop)
-        previous = state
+        # resuming a finished stage runs no step and leaves its state untouched
+        train(cfg, resume=True, export_dir=export_dir if last else None, stop_after=stop)
+        previous = os.path.join(stage_dir, "state.pt")
 
 
 def main(argv: list[str] | None = None) -> int:
