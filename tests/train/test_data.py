@@ -84,3 +84,21 @@ def test_cover_stretches_events_in_order_with_gaps():
 def test_open_ended_answers_are_words():
     s = make_sample("retrieval", 16, 4, open_prob=1.0)
     assert all(qa.options == [] and qa.answer == qa.right and "Answer with one word." in qa.prompt for qa in s.qas)
+
+
+def test_digit_prob_sets_the_needle_kind_and_nothing_else():
+    for seed in range(8):
+        shape, digit, default = (make_sample("retrieval", 20, [9, seed], digit_prob=p) for p in (0.0, 1.0, 0.4))
+        (i, _, ts), = shape.events
+        (j, _, td), = digit.events
+        assert ts.shape is not None and ts.digit is None and td.digit is not None and td.shape is None
+        assert i == j and ts.colour == td.colour and shape.qas[0].__dict__ == digit.qas[0].__dict__
+        assert "shape" in shape.qas[1].prompt and "digit" in digit.qas[1].prompt
+        others = [f for f in range(20) if f != i]
+        assert np.array_equal(shape.frames[others], digit.frames[others])
+        # the default is one of the two (the kind is the only draw that digit_prob changes)
+        assert default.events in (shape.events, digit.events)
+    # digit_prob applies to retrieval needles only; ordering and counting samples ignore it
+    assert make_sample("counting", 30, 3, digit_prob=1.0).events == make_sample("counting", 30, 3).events
+    with pytest.raises(ValueError, match="digit_prob"):
+        make_sample("retrieval", 10, 1, digit_prob=1.5)

@@ -17,6 +17,7 @@ LETTERS = "ABCD"
 INSTRUCTION = "Answer with the right option."
 OPEN_INSTRUCTION = "Answer with one word."
 MAX_COUNT = 4
+DIGIT_PROB = 0.4             # share of needles that are digits (the rest are shapes)
 
 
 @dataclass
@@ -75,18 +76,19 @@ def spread_frames(rng: np.random.Generator, num_frames: int, count: int, min_gap
     return [int(b + i * gap) for i, b in enumerate(base)]
 
 
-def random_thing(rng: np.random.Generator, colours: list[str] | None = None, allow_digit: bool = True) -> Thing:
+def random_thing(rng: np.random.Generator, colours: list[str] | None = None, allow_digit: bool = True,
+                 digit_prob: float = DIGIT_PROB) -> Thing:
     colour = str(rng.choice(colours or list(COLOURS)))
-    if allow_digit and rng.uniform() < 0.4:
+    if allow_digit and rng.uniform() < digit_prob:
         return Thing(colour, digit=str(rng.choice(DIGITS)))
     return Thing(colour, shape=str(rng.choice(SHAPES)))
 
 
-def retrieval(rng, num_frames: int, open_prob: float, depth: float | None = None):
+def retrieval(rng, num_frames: int, open_prob: float, depth: float | None = None, digit_prob: float = DIGIT_PROB):
     """One thing appears on one frame (at `depth` of the video when given); ask its colour and its shape
-    or digit."""
+    or digit (a digit with probability `digit_prob`)."""
     idx = int(rng.integers(num_frames)) if depth is None else int(round(depth * (num_frames - 1)))
-    thing = random_thing(rng)
+    thing = random_thing(rng, digit_prob=digit_prob)
     qas = [make_qa(rng, "retrieval", "What colour was the object that appeared once?", thing.colour,
                    list(COLOURS), open_prob)]
     if thing.shape is not None:
@@ -148,17 +150,23 @@ def stretch(rng: np.random.Generator, starts: list[int], num_frames: int, cover:
 
 
 def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: float = 0.0,
-                depth: float | None = None, cover: float = 0.0) -> VideoSample:
+                depth: float | None = None, cover: float = 0.0, digit_prob: float = DIGIT_PROB) -> VideoSample:
     """The video and its questions for one seed (an int or a sequence of ints, as numpy's SeedSequence).
-    Each event shows its thing on 1 frame, or (training curriculum, `cover` > 0) on a run of frames."""
+    Each event shows its thing on 1 frame, or (training curriculum, `cover` > 0) on a run of frames.
+    `digit_prob` (retrieval only) changes which needles are digits, not the rest of the sample's draws."""
     if task not in GENERATORS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     if num_frames < 1:
         raise ValueError("num_frames must be >= 1")
     if depth is not None and task != "retrieval":
         raise ValueError("depth applies to the retrieval task only")
+    if not 0.0 <= digit_prob <= 1.0:
+        raise ValueError(f"digit_prob must be in [0, 1], got {digit_prob}")
     rng = np.random.default_rng(seed)
-    events, qas = GENERATORS[task](rng, num_frames, open_prob, **({"depth": depth} if depth is not None else {}))
+    kwargs = {"depth": depth} if depth is not None else {}
+    if task == "retrieval":
+        kwargs["digit_prob"] = digit_prob
+    events, qas = GENERATORS[task](rng, num_frames, open_prob, **kwargs)
     events = sorted(events, key=lambda e: e[0])
     # counting counts frames: its things are never stretched
     spans = stretch(rng, [e[0] for e in events], num_frames, cover if task != "counting" else 0.0)

@@ -72,8 +72,11 @@ def accuracy(records: list[dict]) -> dict:
     return {"accuracy": sum(r["correct"] for r in records) / n if n else float("nan"), "n": n}
 
 
-# retrieval asks two kinds of question about its needle: its colour, and its shape or digit (finer detail)
-RETRIEVAL_KINDS = {"retrieval: colour": lambda q: "colour" in q, "retrieval: shape or digit": lambda q: "colour" not in q}
+# retrieval asks two questions about its needle: its colour, and its shape or its digit (finer detail)
+RETRIEVAL_KINDS = {"retrieval: colour": lambda q: "colour" in q,
+                   "retrieval: shape or digit": lambda q: "colour" not in q,
+                   "retrieval: shape": lambda q: "shape" in q,
+                   "retrieval: digit": lambda q: "digit" in q}
 
 
 def by_task(records_of: dict) -> dict:

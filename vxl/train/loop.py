@@ -17,7 +17,7 @@ from vxl.engine.vst import window_lengths
 from vxl.model.tiny import save_checkpoint
 from vxl.train.arch import DemoArch, build_demo_model
 from vxl.train.batch import TrainBatch, batch_loss, make_batch
-from vxl.train.data import TASKS, make_sample
+from vxl.train.data import DIGIT_PROB, TASKS, make_sample
 from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision
 
 
@@ -49,6 +49,7 @@ class TrainConfig:
     task_weights: list[float] = field(default_factory=lambda: [0.45, 0.3, 0.25])   # in TASKS order
     uniform_ratio_prob: float = 0.0     # share of steps whose windows all use one ratio (as at inference)
     open_prob: float = 0.0              # share of questions asked open-ended (evaluation: multiple choice only)
+    digit_prob: float = DIGIT_PROB      # share of retrieval needles that are digits (the rest are shapes)
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1
@@ -93,7 +94,8 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
         weights[TASKS.index("counting")] = 0.0
     tasks = rng.choice(TASKS, size=batch, p=weights / weights.sum())
     cover = cfg.cover * (1 - _ramp(step, cfg.hold_steps, cfg.cover_steps))
-    samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, cfg.open_prob, cover=cover)
+    samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, cfg.open_prob, cover=cover,
+                           digit_prob=cfg.digit_prob)
                for b, t in enumerate(tasks)]
     num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
