@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,6 +37,21 @@ def test_resume_continues_the_same_run(tmp_path):
     out = llm.generate([{"prompt": "Which digit appeared once?", "video": torch.zeros(8, 64, 64, 3, dtype=torch.uint8)}],
                        use_tqdm=False)[0]
     assert out.error is None and out.metrics["num_visual_tokens"] == 32
+
+
+def test_resume_accepts_a_state_written_before_newer_options(tmp_path):
+    cfg = tiny_config(tmp_path / "old", 3)
+    train(cfg, stop_after=1)
+    path = tmp_path / "old" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    for name in ("digit_prob", "uniform_ratio_prob"):      # options added after the first runs
+        del state["config"][name]
+    torch.save(state, path)
+    assert train(cfg, resume=True)["step"] == 3
+    changed = tiny_config(tmp_path / "old", 3)
+    changed.digit_prob = 0.9                               # a real change of configuration is refused
+    with pytest.raises(ValueError, match="different configuration"):
+        train(changed, resume=True)
 
 
 def test_init_from_starts_a_stage_on_earlier_weights(tmp_path):

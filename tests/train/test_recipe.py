@@ -8,6 +8,8 @@ import os
 import torch
 
 from vxl import LLM
+from vxl.train import loop
+from vxl.train.loop import initial_weights
 from vxl.train.recipe import STAGES, run_recipe
 
 ARCH = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 32,
@@ -19,14 +21,25 @@ SMALL = ["--min-frames", "4", "--max-frames", "16", "--hold-frames", "8", "--bat
                                                                "text_batch_size": 4})]
 
 
-def test_recipe_chains_stages_and_exports(tmp_path):
+def test_recipe_chains_stages_and_exports(tmp_path, monkeypatch):
     stages = [("a", ["--seed", "0", "--steps", "4", "--hold-steps", "1", "--cover-steps", "2", "--ramp-steps", "3"], 2),
               ("b", ["--seed", "5", "--steps", "2", "--init-vision-steps", "1", "--hold-steps", "0", "--cover", "0"], None)]
+    loaded = []
+
+    def spy(path):
+        weights = initial_weights(path)
+        loaded.append((path, {k: v.clone() for k, v in weights.items()}))
+        return weights
+    monkeypatch.setattr(loop, "initial_weights", spy)
     run_recipe(str(tmp_path / "run"), str(tmp_path / "export"), stages=stages, extra=SMALL)
     a = torch.load(tmp_path / "run" / "a" / "state.pt", weights_only=True)
     b = torch.load(tmp_path / "run" / "b" / "state.pt", weights_only=True)
     assert a["step"] == 2 and b["step"] == 2
     assert b["config"]["init_from"] == str(tmp_path / "run" / "a" / "state.pt")
+    # stage b started from stage a's final weights, all of them
+    (path, start), = loaded
+    assert path == b["config"]["init_from"] and start.keys() == a["model"].keys()
+    assert all(torch.equal(start[k], a["model"][k]) for k in start)
     mtime = os.path.getmtime(tmp_path / "run" / "a" / "state.pt")
     run_recipe(str(tmp_path / "run"), None, stages=stages, extra=SMALL)       # finished: nothing reruns
     assert os.path.getmtime(tmp_path / "run" / "a" / "state.pt") == mtime

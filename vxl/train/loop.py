@@ -137,7 +137,9 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
     start = 0
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, weights_only=True)
-        if state["config"] != json.loads(json.dumps(asdict(cfg))):
+        # options added since the state was written count as their defaults (which reproduce older runs)
+        saved = json.loads(json.dumps(asdict(TrainConfig.from_dict(state["config"]))))
+        if saved != json.loads(json.dumps(asdict(cfg))):
             raise ValueError(f"{state_path} was written with a different configuration: {state['config']}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
