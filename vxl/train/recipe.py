@@ -1,4 +1,4 @@
-"""The recipe of the shipped demo model: four `python -m vxl.train` stages, each starting from the previous
+"""The recipe of the shipped demo model: six `python -m vxl.train` stages, each starting from the previous
 one's weights, run in order and resumable (a finished stage is skipped, an interrupted one resumes).
 
     python -m vxl.train.recipe --out-dir runs/demo --export vxl/data/demo [--num-threads 2]
@@ -8,7 +8,11 @@ one's weights, run in order and resumable (a finished stage is skipped, an inter
 2. 1400 steps on videos of 8 to 256 frames, retrieval-heavy (0.6 / 0.25 / 0.15), lr 5e-4;
 3. the vision tower retrained alone for 1500 steps (stage 0's frame task: restores shape and digit detail
    that end-to-end training wore away), then end to end (0.6 / 0.2 / 0.2), paused at step 600 of 1500;
-4. the same once more: 1500 vision-only steps, then 800 end-to-end steps (0.6 / 0.2 / 0.2), exported.
+4. the same once more: 1500 vision-only steps, then 800 end-to-end steps (0.6 / 0.2 / 0.2);
+5. 600 steps at lr 3e-4 (0.5 / 0.25 / 0.25), 80% of them with one ratio for every window (as at inference):
+   ordering at low ratios and retrieval improve;
+6. 2000 vision-only steps, then 600 end-to-end steps (0.6 / 0.2 / 0.2) with 70% of retrieval needles digits
+   (the weakest skill) and again 80% one-ratio steps, exported.
 """
 from __future__ import annotations
 
@@ -27,6 +31,11 @@ STAGES: list[tuple[str, list[str], int | None]] = [
                 "--task-weights", "0.6", "0.2", "0.2"], 600),
     ("stage4", ["--seed", "51", "--steps", "800", "--init-vision-steps", "1500", *FLAT,
                 "--task-weights", "0.6", "0.2", "0.2"], None),
+    ("stage5", ["--seed", "61", "--steps", "600", *FLAT, "--lr", "3e-4", "--warmup-steps", "20",
+                "--task-weights", "0.5", "0.25", "0.25", "--uniform-ratio-prob", "0.8"], None),
+    ("stage6", ["--seed", "71", "--steps", "600", "--init-vision-steps", "2000", *FLAT, "--lr", "3e-4",
+                "--warmup-steps", "20", "--task-weights", "0.6", "0.2", "0.2", "--digit-prob", "0.7",
+                "--uniform-ratio-prob", "0.8"], None),
 ]
 
 
