@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.common import env_info, write_json
 from vxl.train.evaluate import EVAL_TAG
 from vxl.train.pretrain import HEADS, frame_batch
 
@@ -94,14 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     llm = LLM(checkpoint, device="cpu", dtype="float32")
     result = probe_accuracy(visual_features(llm, args.train, 2 * args.seed),
                             visual_features(llm, args.test, 2 * args.seed + 1))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"checkpoint": os.path.relpath(checkpoint), "features": "projected visual tokens of one frame, flattened",
               "probe": "multinomial logistic regression, L-BFGS, L2 1e-3, standardised features",
-              "results": result, "commit": commit, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+              "num_train": args.train, "num_test": args.test, "results": result, "header": env_info()}
     print(json.dumps(record, indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=1)
+        write_json(args.out, record)
     return 0
 
 

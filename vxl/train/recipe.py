@@ -22,14 +22,16 @@ import os
 from vxl.train.__main__ import parse_args
 from vxl.train.loop import train
 
-FLAT = ["--hold-steps", "0", "--cover", "0", "--cover-steps", "0", "--ramp-steps", "0", "--lr", "5e-4"]
+# stages after the first: no curriculum (every event on one frame, the full range of lengths from step 0)
+FLAT = ["--hold-steps", "0", "--cover", "0", "--cover-steps", "0", "--ramp-steps", "0"]
 # (name, train arguments, stop after step)
 STAGES: list[tuple[str, list[str], int | None]] = [
     ("stage1", ["--seed", "0"], 1250),
-    ("stage2", ["--seed", "21", "--steps", "1400", *FLAT, "--task-weights", "0.6", "0.25", "0.15"], None),
-    ("stage3", ["--seed", "41", "--steps", "1500", "--init-vision-steps", "1500", *FLAT,
+    ("stage2", ["--seed", "21", "--steps", "1400", *FLAT, "--lr", "5e-4",
+                "--task-weights", "0.6", "0.25", "0.15"], None),
+    ("stage3", ["--seed", "41", "--steps", "1500", "--init-vision-steps", "1500", *FLAT, "--lr", "5e-4",
                 "--task-weights", "0.6", "0.2", "0.2"], 600),
-    ("stage4", ["--seed", "51", "--steps", "800", "--init-vision-steps", "1500", *FLAT,
+    ("stage4", ["--seed", "51", "--steps", "800", "--init-vision-steps", "1500", *FLAT, "--lr", "5e-4",
                 "--task-weights", "0.6", "0.2", "0.2"], None),
     ("stage5", ["--seed", "61", "--steps", "600", *FLAT, "--lr", "3e-4", "--warmup-steps", "20",
                 "--task-weights", "0.5", "0.25", "0.25", "--uniform-ratio-prob", "0.8"], None),
