@@ -32,7 +32,10 @@ def test_resume_continues_the_same_run(tmp_path):
     b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = [json.loads(line) for line in open(tmp_path / "resumed" / "log.jsonl")]
-    assert [r["step"] for r in logs] == [1, 2, 3, 4]
+    # the pretraining phases (timed once: the resumed run does not repeat them), then every step
+    assert [r["phase"] for r in logs[:2]] == ["vision", "text"] and [r["steps"] for r in logs[:2]] == [2, 2]
+    assert all(r["seconds"] > 0 for r in logs[:2])
+    assert [r["step"] for r in logs[2:]] == [1, 2, 3, 4]
     llm = LLM(str(tmp_path / "export"), device="cpu")
     out = llm.generate([{"prompt": "Which digit appeared once?", "video": torch.zeros(8, 64, 64, 3, dtype=torch.uint8)}],
                        use_tqdm=False)[0]
@@ -92,6 +95,8 @@ def test_init_vision_steps_retrain_only_the_vision_tower(tmp_path):
     vision = [k for k in first if k.startswith("model.vision_tower")]
     assert vision and all(torch.equal(first[k], start[k]) for k in first if k not in vision)
     assert any(not torch.equal(first[k], start[k]) for k in vision)
+    logs = [json.loads(line) for line in open(tmp_path / "second" / "log.jsonl")]
+    assert len(logs) == 1 and logs[0]["phase"] == "vision" and logs[0]["steps"] == 2 and logs[0]["seconds"] > 0
 
 
 def test_uniform_ratio_steps_use_one_ratio_for_every_window():

@@ -148,11 +148,14 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         model.load_state_dict(initial_weights(cfg.init_from))
         if cfg.init_vision_steps > 0:
             vision = PretrainConfig(**{**asdict(cfg.pretrain), "steps": cfg.init_vision_steps})
-            pretrain_vision(model, loaded.image_processor, vision, cfg.seed)
+            timed_phase(log_path, "vision", vision.steps,
+                        lambda: pretrain_vision(model, loaded.image_processor, vision, cfg.seed))
         save_state(state_path, model, opt, 0, cfg)
     else:       # stage 0: the vision tower alone, then a state to resume from
-        pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed)
-        pretrain_text(model, loaded.tokenizer, cfg.pretrain, cfg.seed)
+        timed_phase(log_path, "vision", cfg.pretrain.steps,
+                    lambda: pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed))
+        timed_phase(log_path, "text", cfg.pretrain.text_steps,
+                    lambda: pretrain_text(model, loaded.tokenizer, cfg.pretrain, cfg.seed))
         save_state(state_path, model, opt, 0, cfg)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
@@ -162,6 +165,17 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         model.eval()
         save_checkpoint(loaded, export_dir, num_shards=EXPORT_SHARDS)
     return record
+
+
+def timed_phase(log_path: str, phase: str, steps: int, run) -> None:
+    """Run a pretraining phase and log its wall time as {"phase", "steps", "seconds"} in log.jsonl
+    (step records have a "step" key instead)."""
+    t0 = time.perf_counter()
+    run()
+    record = {"phase": phase, "steps": steps, "seconds": time.perf_counter() - t0}
+    print(json.dumps(record), flush=True)
+    with open(log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: str, log_path: str) -> dict:
