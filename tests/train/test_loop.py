@@ -110,3 +110,16 @@ def test_uniform_ratio_steps_use_one_ratio_for_every_window():
     cfg.uniform_ratio_prob = 1.0
     uniform = [step_batch(cfg, loaded, s).ratios for s in range(1, 6)]
     assert all(len(set(r)) == 1 and len(r) == len(m) for r, m in zip(uniform, mixed))
+
+
+def test_video_lengths_stay_within_min_and_max_frames():
+    import numpy as np
+    from vxl.train.loop import frames_at
+    # a flat stage (no curriculum) on long videos only: even step 0, where the curriculum would still hold
+    # at hold_frames (16), draws between min_frames and max_frames
+    cfg = TrainConfig.from_dict({"min_frames": 128, "max_frames": 512, "hold_steps": 0, "ramp_steps": 0})
+    lengths = [frames_at(cfg, s, np.random.default_rng([3, s])) for s in range(50)]
+    assert all(128 <= n <= 512 and n % 4 == 0 for n in lengths) and len(set(lengths)) > 10
+    for bad in ({"min_frames": 600, "max_frames": 512}, {"min_frames": 2}, {"hold_frames": 1024}):
+        with pytest.raises(ValueError, match="min_frames"):
+            TrainConfig.from_dict(bad)

@@ -20,11 +20,11 @@ class EvalConfig:
     out_prefix: str = "bench/results/demo"
     seed: int = 0
     num_videos: int = 40
-    frames: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024])
+    frames: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048])
     ratio: int = 16                       # ratio of the accuracy-vs-frames table
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 12, 16])
     ratio_frames: list[int] = field(default_factory=lambda: [256, 1024])
-    niah_frames: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    niah_frames: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048])
     niah_depths: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])
     niah_videos: int = 6
     attention_backend: str = "torch"

@@ -60,6 +60,12 @@ class TrainConfig:
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
+    def __post_init__(self):
+        if not (4 <= self.min_frames <= self.max_frames and self.hold_frames <= self.max_frames):
+            raise ValueError("video lengths need 4 <= min_frames <= max_frames and hold_frames <= max_frames, got "
+                             f"min_frames={self.min_frames}, hold_frames={self.hold_frames}, "
+                             f"max_frames={self.max_frames}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
@@ -81,6 +87,7 @@ def _ramp(step: int, start: int, end: int) -> float:
 def frames_at(cfg: TrainConfig, step: int, rng: np.random.Generator) -> int:
     """Video length of a step: uniform in [min_frames, the curriculum's current longest], a multiple of 4."""
     longest = cfg.hold_frames + _ramp(step, cfg.hold_steps, cfg.ramp_steps) * (cfg.max_frames - cfg.hold_frames)
+    longest = max(longest, cfg.min_frames)      # a curriculum holding shorter than min_frames holds at min_frames
     return max(4, int(rng.uniform(cfg.min_frames, longest + 1)) // 4 * 4)
 
 
