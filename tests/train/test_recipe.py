@@ -48,7 +48,7 @@ def test_recipe_chains_stages_and_exports(tmp_path, monkeypatch):
 
 
 def test_shipped_recipe_starts_from_scratch_and_chains():
-    assert len(STAGES) == 6 and "--init-from" not in " ".join(a for _, args, _ in STAGES for a in args)
+    assert len(STAGES) == 9 and "--init-from" not in " ".join(a for _, args, _ in STAGES for a in args)
     assert STAGES[0][2] is not None and STAGES[-1][2] is None
 
 

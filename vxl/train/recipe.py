@@ -1,4 +1,4 @@
-"""The recipe of the shipped demo model: six `python -m vxl.train` stages, each starting from the previous
+"""The recipe of the shipped demo model: nine `python -m vxl.train` stages, each starting from the previous
 one's weights, run in order and resumable (a finished stage is skipped, an interrupted one resumes).
 
     python -m vxl.train.recipe --out-dir runs/demo --export vxl/data/demo [--num-threads 2]
@@ -12,7 +12,12 @@ one's weights, run in order and resumable (a finished stage is skipped, an inter
 5. 600 steps at lr 3e-4 (0.5 / 0.25 / 0.25), 80% of them with one ratio for every window (as at inference):
    ordering at low ratios and retrieval improve;
 6. 2000 vision-only steps, then 600 end-to-end steps (0.6 / 0.2 / 0.2) with 70% of retrieval needles digits
-   (the weakest skill) and again 80% one-ratio steps, exported.
+   (the weakest skill) and again 80% one-ratio steps;
+7. 400 steps on videos of 8 to 512 frames (twice as long as before), 0.4 / 0.2 / 0.4 (counting-heavy),
+   lr 3e-4, 80% one-ratio steps, half the retrieval needles digits;
+8. the same with another seed;
+9. 400 steps more at lr 2e-4, 0.35 / 0.15 / 0.5, exported. Stages 7-9 lift counting at 512 to 2048 frames
+   and ordering at low ratios on long videos.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from vxl.train.loop import train
 
 # stages after the first: no curriculum (every event on one frame, the full range of lengths from step 0)
 FLAT = ["--hold-steps", "0", "--cover", "0", "--cover-steps", "0", "--ramp-steps", "0"]
+# stages 7-9: videos of 8 to 512 frames, 80% one-ratio steps, half the retrieval needles digits
+LONG = ["--max-frames", "512", "--uniform-ratio-prob", "0.8", "--digit-prob", "0.5"]
 # (name, train arguments, stop after step)
 STAGES: list[tuple[str, list[str], int | None]] = [
     ("stage1", ["--seed", "0"], 1250),
@@ -38,6 +45,13 @@ STAGES: list[tuple[str, list[str], int | None]] = [
     ("stage6", ["--seed", "71", "--steps", "600", "--init-vision-steps", "2000", *FLAT, "--lr", "3e-4",
                 "--warmup-steps", "20", "--task-weights", "0.6", "0.2", "0.2", "--digit-prob", "0.7",
                 "--uniform-ratio-prob", "0.8"], None),
+    # 7-9: videos of up to 512 frames and more counting: counting and low-ratio ordering hold at long lengths
+    ("stage7", ["--seed", "81", "--steps", "400", *FLAT, *LONG, "--lr", "3e-4", "--warmup-steps", "20",
+                "--task-weights", "0.4", "0.2", "0.4"], None),
+    ("stage8", ["--seed", "91", "--steps", "400", *FLAT, *LONG, "--lr", "3e-4", "--warmup-steps", "20",
+                "--task-weights", "0.4", "0.2", "0.4"], None),
+    ("stage9", ["--seed", "101", "--steps", "400", *FLAT, *LONG, "--lr", "2e-4", "--warmup-steps", "20",
+                "--task-weights", "0.35", "0.15", "0.5"], None),
 ]
 
 
