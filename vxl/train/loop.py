@@ -179,7 +179,11 @@ def timed_phase(log_path: str, phase: str, steps: int, run) -> None:
     (step records have a "step" key instead)."""
     t0 = time.perf_counter()
     run()
-    record = {"phase": phase, "steps": steps, "seconds": time.perf_counter() - t0}
+    append_log(log_path, {"phase": phase, "steps": steps, "seconds": time.perf_counter() - t0})
+
+
+def append_log(log_path: str, record: dict) -> None:
+    """Print one log record and append it to log.jsonl."""
     print(json.dumps(record), flush=True)
     with open(log_path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -209,9 +213,7 @@ def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: s
                       "mean_frames": float(arr[:, 2].mean()), "sec_per_step": float(arr[:, 3].mean()),
                       "lr": lr_at(cfg, step), "elapsed_s": time.perf_counter() - t_start}
             window = []
-            print(json.dumps(record), flush=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_log(log_path, record)
         if (step + 1) % cfg.save_every == 0 or step + 1 == end:
             save_state(state_path, model, opt, step + 1, cfg)
     return record
