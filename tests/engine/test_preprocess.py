@@ -100,6 +100,25 @@ def test_flags_off_and_identity():
     torch.testing.assert_close(preprocess_frames(frames, cfg), (want - mean) / std, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("hw,crop", [((33, 47), 33), ((21, 13), 25), ((64, 64), 64)])
+def test_in_place_arithmetic_rounds_like_out_of_place(hw, crop):
+    """Rescale and normalise run in place on one contiguous copy: bit for bit (x * r - mean) / std computed
+    out of place, the input untouched; crops and zero padding (crop larger than the frame) included."""
+    frames = torch.from_numpy(np.random.default_rng(11).integers(0, 256, (3, *hw, 3), dtype=np.uint8))
+    before = frames.clone()
+    cfg = ImageProcessorConfig(do_resize=False, crop_size=crop)
+    out = preprocess_frames(frames, cfg)
+    x = frames.permute(0, 3, 1, 2).float()
+    miss_h, miss_w = max(0, crop - hw[0]), max(0, crop - hw[1])          # HF pads ceil(missing / 2) before
+    x = torch.nn.functional.pad(x, (math.ceil(miss_w / 2), miss_w // 2, math.ceil(miss_h / 2), miss_h // 2))
+    top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
+    x = x[..., top:top + crop, left:left + crop]
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    assert out.is_contiguous() and out.dtype == torch.float32
+    assert torch.equal(out, (x * cfg.rescale_factor - mean) / std)
+    assert torch.equal(frames, before)
+
+
 @pytest.mark.parametrize("frames,match", [
     (torch.zeros(2, 8, 8, 3), "uint8"), (np.zeros((2, 8, 8, 3), np.uint8), "uint8"),
     (torch.zeros(8, 8, 3, dtype=torch.uint8), r"\[T, H, W, 3\]"), (torch.zeros(0, 8, 8, 3, dtype=torch.uint8), ">= 1"),

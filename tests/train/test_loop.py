@@ -42,6 +42,35 @@ def test_resume_continues_the_same_run(tmp_path):
     assert out.error is None and out.metrics["num_visual_tokens"] == 32
 
 
+def test_a_data_worker_renders_the_same_batches(tmp_path):
+    """Rendering the next steps' videos in a worker process changes nothing: the same weights, bit for bit,
+    whether run straight or paused and resumed, and every logged step."""
+    train(tiny_config(tmp_path / "inline", 4))
+    train(tiny_config(tmp_path / "worker", 4), stop_after=1, data_workers=1)
+    train(tiny_config(tmp_path / "worker", 4), resume=True, data_workers=1)
+    a = torch.load(tmp_path / "inline" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "worker" / "state.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [json.loads(line) for line in open(tmp_path / "worker" / "log.jsonl")]
+    inline = [json.loads(line) for line in open(tmp_path / "inline" / "log.jsonl")]
+    steps = [r for r in logs if "step" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["loss"] for r in steps] == [r["loss"] for r in inline if "step" in r]
+
+
+def test_worker_batches_equal_step_batch():
+    from vxl.train.arch import build_demo_model
+    from vxl.train.loop import batches, step_batch
+    cfg = tiny_config("unused", 6)
+    loaded = build_demo_model(cfg.arch, cfg.seed)
+    for got, step in zip(batches(cfg, loaded, 2, 5, data_workers=1), range(2, 5), strict=True):
+        want = step_batch(cfg, loaded, step)
+        assert got.ratios == want.ratios and torch.equal(got.pixels, want.pixels)
+        for name in ("prefix_ids", "text_ids", "video_idx", "rows", "targets"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert list(batches(cfg, loaded, 3, 3, data_workers=1)) == []
+
+
 def test_resume_accepts_a_state_written_before_newer_options(tmp_path):
     cfg = tiny_config(tmp_path / "old", 3)
     train(cfg, stop_after=1)

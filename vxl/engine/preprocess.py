@@ -164,13 +164,15 @@ def preprocess_frames(frames: torch.Tensor, cfg: ImageProcessorConfig, *,
     x = frames.permute(0, 3, 1, 2)                                         # (T, 3, H, W), channels-last
     if cfg.do_resize:
         x = _resize(x, cfg, use_uint8_kernels)
-    x = x.float()
     if cfg.do_center_crop:
-        x = _center_crop(x, cfg.crop_size)                                 # (T, 3, S, S)
+        x = _center_crop(x, cfg.crop_size)                                 # (T, 3, S, S), zero padding exact
+    # one contiguous float32 copy, then the same arithmetic in place (each value rounds exactly as
+    # (x * rescale - mean) / std would out of place, without three more frame-sized buffers)
+    x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     if cfg.do_rescale:
-        x = x * cfg.rescale_factor
+        x.mul_(cfg.rescale_factor)
     if cfg.do_normalize:
         mean = torch.tensor(cfg.image_mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(cfg.image_std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    return x.contiguous()
+        x.sub_(mean).div_(std)
+    return x

@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/state.pt if it exists")
     p.add_argument("--export", default=None, help="write the trained model here (official layout) at the end")
     p.add_argument("--stop-after", type=int, default=None, help="pause after this step (continue with --resume)")
+    p.add_argument("--data-workers", type=int, default=0,
+                   help="processes rendering the next steps' videos during training (same results; helps with "
+                        "--num-threads 1 and a spare core)")
     args = p.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in ("arch", "pretrain")}
     return TrainConfig.from_dict({**values, "arch": args.arch, "pretrain": args.pretrain}), args
@@ -32,7 +35,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
-    train(cfg, resume=args.resume, export_dir=args.export, stop_after=args.stop_after)
+    train(cfg, resume=args.resume, export_dir=args.export, stop_after=args.stop_after,
+          data_workers=args.data_workers)
     return 0
 
 

@@ -92,7 +92,8 @@ def frames_at(cfg: TrainConfig, step: int, rng: np.random.Generator) -> int:
 
 
 def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
-    """The batch of step `step`: a pure function of (cfg.seed, step)."""
+    """The batch of step `step`: a pure function of (cfg.seed, step). `loaded` needs only .tokenizer,
+    .image_processor and .config.beacon_window (a LoadedModel, or a StepBatches)."""
     rng = np.random.default_rng([cfg.seed, step])
     num_frames = frames_at(cfg, step, rng)
     batch = int(np.clip(cfg.batch_frames // num_frames, cfg.min_batch, cfg.max_batch))
@@ -113,6 +114,29 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
                       tok.convert_tokens_to_ids("<|endoftext|>"), ratios)
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """The batches of a run, indexed by step, without the model: what a data worker process holds."""
+
+    def __init__(self, cfg: TrainConfig, loaded):
+        self.cfg, self.tokenizer, self.image_processor = cfg, loaded.tokenizer, loaded.image_processor
+        self.config = loaded.config
+
+    def __getitem__(self, step: int) -> TrainBatch:
+        return step_batch(self.cfg, self, step)
+
+
+def batches(cfg: TrainConfig, loaded, start: int, end: int, data_workers: int):
+    """The batches of steps start..end-1 in order. data_workers > 0 renders them in that many worker
+    processes, up to two steps per worker ahead of training (the same batches: each is a pure function of
+    its step); 0 renders each in this process when it is needed."""
+    if data_workers <= 0 or end <= start:
+        for step in range(start, end):
+            yield step_batch(cfg, loaded, step)
+        return
+    yield from torch.utils.data.DataLoader(StepBatches(cfg, loaded), batch_size=None, sampler=range(start, end),
+                                           num_workers=data_workers, prefetch_factor=2)
+
+
 def initial_weights(path: str) -> dict[str, torch.Tensor]:
     """The model weights of a run's state.pt, or of a checkpoint directory in the official layout (such as
     the shipped vxl/data/demo)."""
@@ -129,9 +153,10 @@ def save_state(path: str, model, opt, step: int, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, data_workers: int = 0) -> dict:
     """Run (or resume) training to cfg.steps, or only up to step `stop_after` (a resumable pause); export
-    the model to `export_dir` when given. Returns the last log record."""
+    the model to `export_dir` when given. data_workers: processes rendering the next steps' videos while
+    this one trains (the results do not depend on it). Returns the last log record."""
     torch.set_num_threads(cfg.num_threads)
     os.makedirs(cfg.out_dir, exist_ok=True)
     state_path, log_path = os.path.join(cfg.out_dir, "state.pt"), os.path.join(cfg.out_dir, "log.jsonl")
@@ -167,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    record = run_steps(cfg, loaded, opt, start, end, state_path, log_path)
+    record = run_steps(cfg, loaded, opt, start, end, state_path, log_path, data_workers)
     if export_dir is not None:
         model.eval()
         save_checkpoint(loaded, export_dir, num_shards=EXPORT_SHARDS)
@@ -189,12 +214,12 @@ def append_log(log_path: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: str, log_path: str) -> dict:
+def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: str, log_path: str,
+              data_workers: int = 0) -> dict:
     model, record = loaded.model, {}
     window, t_start = [], time.perf_counter()
-    for step in range(start, end):
-        t0 = time.perf_counter()
-        batch = step_batch(cfg, loaded, step)
+    t0 = t_start
+    for step, batch in enumerate(batches(cfg, loaded, start, end, data_workers), start):
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         loss, correct = batch_loss(model, batch)
@@ -205,8 +230,10 @@ def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: s
         # every answer is (word or letter tokens) + <|im_end|>; the first token decides the answer
         first = torch.ones_like(correct)
         first[1:] = batch.rows[1:] // batch.text_ids.shape[1] != batch.rows[:-1] // batch.text_ids.shape[1]
-        window.append((loss.item(), correct[first].float().mean().item(), batch.pixels.shape[1],
-                       time.perf_counter() - t0))
+        # a step's time includes waiting for its batch (the time since the previous step ended)
+        t1 = time.perf_counter()
+        window.append((loss.item(), correct[first].float().mean().item(), batch.pixels.shape[1], t1 - t0))
+        t0 = t1
         if (step + 1) % cfg.log_every == 0 or step + 1 == end:
             arr = np.array(window)
             record = {"step": step + 1, "loss": float(arr[:, 0].mean()), "first_token_acc": float(arr[:, 1].mean()),

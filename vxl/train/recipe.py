@@ -57,7 +57,8 @@ STAGES: list[tuple[str, list[str], int | None]] = [
 
 
 def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = 1,
-               stages: list[tuple[str, list[str], int | None]] = STAGES, extra: list[str] = ()) -> None:
+               stages: list[tuple[str, list[str], int | None]] = STAGES, extra: list[str] = (),
+               data_workers: int = 0) -> None:
     """Run every stage under out_dir/<name>/; `extra` arguments go to every stage (tests shrink it)."""
     previous = None
     for i, (name, args, stop) in enumerate(stages):
@@ -68,7 +69,8 @@ def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = 1,
         cfg, _ = parse_args(argv)
         last = i == len(stages) - 1
         # resuming a finished stage runs no step and leaves its state untouched
-        train(cfg, resume=True, export_dir=export_dir if last else None, stop_after=stop)
+        train(cfg, resume=True, export_dir=export_dir if last else None, stop_after=stop,
+              data_workers=data_workers)
         previous = os.path.join(stage_dir, "state.pt")
 
 
@@ -78,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--export", default=None, help="write the final model here (official layout)")
     p.add_argument("--num-threads", type=int, default=1)
+    p.add_argument("--data-workers", type=int, default=0,
+                   help="processes rendering the next steps' videos during training (same results; helps with "
+                        "--num-threads 1 and a spare core)")
     args = p.parse_args(argv)
-    run_recipe(args.out_dir, args.export, args.num_threads)
+    run_recipe(args.out_dir, args.export, args.num_threads, data_workers=args.data_workers)
     return 0
 
 

@@ -1,0 +1,89 @@
+"""Training throughput of the demo model on this machine: end-to-end steps of a recipe stage (default: the
+last, videos of 8 to 512 frames) with 1 or 2 compute threads, rendering the videos in the training process
+(0 data workers) or in a worker process ahead of it (1). Every setting runs the same steps from the same
+initial weights; settings with the same thread count must end with identical weights (the worker changes
+where batches are rendered, not what they are), which is checked and recorded.
+
+    python -m bench.train_speed [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1] [--out bench/results/train_speed_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from bench.common import env_info, write_json
+
+
+def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str) -> tuple[float, dict]:
+    """(seconds, final weights) of steps 0..steps-1 of cfg from its seed's fresh weights."""
+    from vxl.train.arch import build_demo_model
+    from vxl.train.loop import TrainConfig, run_steps
+    import dataclasses
+    import os
+    cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), "out_dir": out_dir, "num_threads": threads,
+                                 "save_every": 10**9, "log_every": 10**9})
+    torch.set_num_threads(threads)
+    loaded = build_demo_model(cfg.arch, cfg.seed)
+    model = loaded.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
+    log = os.path.join(out_dir, "log.jsonl")
+    t0 = time.perf_counter()
+    run_steps(cfg, loaded, opt, 0, steps, os.path.join(out_dir, "state.pt"), log, data_workers=workers)
+    seconds = time.perf_counter() - t0
+    return seconds, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def frames_trained(cfg, steps: int) -> int:
+    """Frames (videos x frames) in steps 0..steps-1: the same draws as vxl.train.loop.step_batch."""
+    import numpy as np
+    from vxl.train.loop import frames_at
+    total = 0
+    for step in range(steps):
+        num_frames = frames_at(cfg, step, np.random.default_rng([cfg.seed, step]))
+        total += num_frames * int(np.clip(cfg.batch_frames // num_frames, cfg.min_batch, cfg.max_batch))
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", type=int, default=9, help="recipe stage whose configuration to time (1-based)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--settings", nargs="+", default=["1,0", "1,1", "2,0", "2,1"],
+                   help="THREADS,DATA_WORKERS pairs")
+    p.add_argument("--out", default="bench/results/train_speed_cpu.json")
+    args = p.parse_args(argv)
+    from vxl.train.__main__ import parse_args
+    from vxl.train.recipe import STAGES
+
+    name, stage_args, _ = STAGES[args.stage - 1]
+    cfg, _ = parse_args(stage_args)
+    frames = frames_trained(cfg, args.steps)
+    runs, weights = [], {}
+    for setting in args.settings:
+        threads, workers = (int(x) for x in setting.split(","))
+        with tempfile.TemporaryDirectory() as d:
+            seconds, state = run_setting(cfg, threads, workers, args.steps, d)
+        same = None
+        if threads in weights:
+            same = all(torch.equal(state[k], v) for k, v in weights[threads].items())
+        weights.setdefault(threads, state)
+        runs.append({"threads": threads, "data_workers": workers, "seconds": seconds,
+                     "sec_per_step": seconds / args.steps,
+                     "frames_per_s": frames / seconds, "identical_weights_to_first_with_these_threads": same})
+        print(json.dumps(runs[-1]), flush=True)
+    base = runs[0]["seconds"]
+    for r in runs:
+        r["speedup_vs_first"] = base / r["seconds"]
+    result = {"stage": name, "steps": args.steps, "frames": frames, "config": {"min_frames": cfg.min_frames, "max_frames": cfg.max_frames,
+              "batch_frames": cfg.batch_frames, "seed": cfg.seed}, "runs": runs, "header": env_info()}
+    write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
