@@ -32,7 +32,8 @@ def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str) -> tu
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
     log = os.path.join(out_dir, "log.jsonl")
     t0 = time.perf_counter()
-    run_steps(cfg, loaded, opt, 0, steps, os.path.join(out_dir, "state.pt"), log, data_workers=workers)
+    extra = {"data_workers": workers} if workers else {}      # (runs on commits before data workers too)
+    run_steps(cfg, loaded, opt, 0, steps, os.path.join(out_dir, "state.pt"), log, **extra)
     seconds = time.perf_counter() - t0
     return seconds, {k: v.clone() for k, v in model.state_dict().items()}
 

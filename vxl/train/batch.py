@@ -14,7 +14,7 @@ from vxl.config import IMAGE_TOKEN_INDEX
 from vxl.engine.inputs import prompt_ids_from_text
 from vxl.engine.preprocess import preprocess_frames
 from vxl.train.data import VideoSample
-from vxl.train.forward import encode_video, text_logits, visual_tokens
+from vxl.train.forward import Fused, encode_video, text_logits, visual_tokens
 
 
 @dataclass
@@ -71,8 +71,9 @@ def make_batch(samples: list[VideoSample], tokenizer, processor, eos_id: int, pa
 def batch_logits(model, batch: TrainBatch) -> torch.Tensor:
     """float32 logits [A, vocab] at the answer-predicting positions of the batch."""
     visual = visual_tokens(model, batch.pixels)
-    kept = encode_video(model, batch.prefix_ids, visual, batch.ratios)
-    return text_logits(model, kept, batch.text_ids, batch.video_idx, batch.rows)
+    fused = Fused(model)
+    kept = encode_video(model, batch.prefix_ids, visual, batch.ratios, fused)
+    return text_logits(model, kept, batch.text_ids, batch.video_idx, batch.rows, fused)
 
 
 def batch_loss(model, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:

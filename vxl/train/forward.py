@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vxl.engine.vst import window_lengths
-from vxl.kernels.reference import apply_rope
+from vxl.kernels.reference import rope_cos_sin
 from vxl.model.video_llm import VideoXLForCausalLM
 
 KV = tuple[torch.Tensor, torch.Tensor]      # (k post-RoPE at kept positions, v), each [B, M, nkv, hd]
@@ -27,7 +27,19 @@ def window_slots(num_raw: int, ratio: int, rem: int) -> tuple[torch.Tensor, int]
     return slots % (ratio + 1) == ratio - rem, (num_raw + rem) % ratio
 
 
-def _linear_qkv(attn, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+class Fused:
+    """Each layer's q/k/v weights and biases concatenated (ordinary and beacon), made once per forward and
+    shared by every window and the text: the concatenations' backward then runs once, not once a window."""
+
+    def __init__(self, model: VideoXLForCausalLM):
+        self.qkv, self.beacon_qkv = [], []
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            self.qkv.append(_cat_qkv(attn, ""))
+            self.beacon_qkv.append(_cat_qkv(attn, "beacon_"))
+
+
+def _cat_qkv(attn, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
     mods = [getattr(attn, f"{prefix}{n}_proj") for n in "qkv"]
     return torch.cat([m.weight for m in mods]), torch.cat([m.bias for m in mods])
 
@@ -42,25 +54,33 @@ def typed_linear(x: torch.Tensor, is_vst: torch.Tensor | None, ordinary: tuple, 
     return out.index_copy(1, vst_idx, F.linear(x[:, vst_idx], *beacon))
 
 
-def layer_forward(layer, x: torch.Tensor, kept: KV, positions: torch.Tensor,
-                  is_vst: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [n, 1, hd] float32 of positions [n], ready to broadcast over [B, n, heads, hd]."""
+    cos, sin = rope_cos_sin(positions, head_dim, theta)
+    return cos[:, None, :], sin[:, None, :]
+
+
+def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """RoPE of x [B, n, heads, hd] (float32) with rope_tables: the arithmetic of reference.apply_rope."""
+    cos, sin = (t.to(x.dtype) for t in tables)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def layer_forward(layer, x: torch.Tensor, kept: KV, rope: tuple, mask: torch.Tensor, is_vst: torch.Tensor | None,
+                  qkv: tuple, beacon_qkv: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decoder layer on slots x [B, n, H] attending to kept (k, v) [B, M, nkv, hd] (all visible) and
-    to themselves causally. Returns (x out, k before RoPE, v) of the slots, each [B, n, nkv, hd] for k/v."""
+    to themselves causally (mask [n, M + n]), RoPE tables `rope` of the slots' positions. Returns
+    (x out, k before RoPE, v) of the slots, each [B, n, nkv, hd] for k/v."""
     attn = layer.self_attn
     nh, nkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
     b, n, _ = x.shape
     h = layer.input_layernorm(x)
-    beacon = _linear_qkv(attn, "beacon_") if is_vst is not None else None
-    qkv = typed_linear(h, is_vst, _linear_qkv(attn, ""), beacon)
-    q, k_pre, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-    q = apply_rope(q.reshape(b, n, nh, hd), positions, attn.rope_theta)
+    q, k_pre, v = typed_linear(h, is_vst, qkv, beacon_qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q = rotate(q.reshape(b, n, nh, hd), rope)
     k_pre, v = k_pre.reshape(b, n, nkv, hd), v.reshape(b, n, nkv, hd)
-    k = apply_rope(k_pre, positions, attn.rope_theta)
-    m = kept[0].shape[1]
-    keys = torch.cat([kept[0], k], 1).transpose(1, 2)                     # (B, nkv, M+n, hd)
+    keys = torch.cat([kept[0], rotate(k_pre, rope)], 1).transpose(1, 2)      # (B, nkv, M+n, hd)
     values = torch.cat([kept[1], v], 1).transpose(1, 2)
-    mask = torch.ones(n, m + n, dtype=torch.bool, device=x.device)
-    mask[:, m:] = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
     out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
                                          scale=1.0 / math.sqrt(hd), enable_gqa=True)
     out = out.transpose(1, 2).reshape(b, n, nh * hd)                     # (B, n, nh*hd)
@@ -74,16 +94,24 @@ def layer_forward(layer, x: torch.Tensor, kept: KV, positions: torch.Tensor,
 
 def run_layers(model: VideoXLForCausalLM, x: torch.Tensor, kept: list[KV], positions: torch.Tensor,
                is_vst: torch.Tensor | None, keep: torch.Tensor | None,
-               kept_positions: torch.Tensor | None) -> tuple[torch.Tensor, list[KV]]:
+               kept_positions: torch.Tensor | None, fused: Fused | None = None) -> tuple[torch.Tensor, list[KV]]:
     """All layers on x [B, n, H]; returns the last hidden [B, n, H] and the kept K/V with the rows
-    `keep` [n] bool appended (K rotated at kept_positions); keep=None keeps nothing."""
+    `keep` [n] bool appended (K rotated at kept_positions); keep=None keeps nothing. The RoPE tables and
+    the mask are made once for all layers; `fused` weights once per forward (made here when not given)."""
+    fused = fused or Fused(model)
+    attn = model.model.layers[0].self_attn
+    n, m = x.shape[1], kept[0][0].shape[1]
+    rope = rope_tables(positions, attn.head_dim, attn.rope_theta)
+    keep_rope = None if keep is None else rope_tables(kept_positions, attn.head_dim, attn.rope_theta)
+    mask = torch.ones(n, m + n, dtype=torch.bool, device=x.device)
+    mask[:, m:] = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
     new_kept = []
-    for layer, kv in zip(model.model.layers, kept):
-        x, k_pre, v = layer_forward(layer, x, kv, positions, is_vst)
+    for i, (layer, kv) in enumerate(zip(model.model.layers, kept)):
+        x, k_pre, v = layer_forward(layer, x, kv, rope, mask, is_vst, fused.qkv[i], fused.beacon_qkv[i])
         if keep is None:
             new_kept.append(kv)
             continue
-        k_keep = apply_rope(k_pre[:, keep], kept_positions, layer.self_attn.rope_theta)
+        k_keep = rotate(k_pre[:, keep], keep_rope)
         new_kept.append((torch.cat([kv[0], k_keep], 1), torch.cat([kv[1], v[:, keep]], 1)))
     return x, new_kept
 
@@ -95,16 +123,18 @@ def empty_kept(model: VideoXLForCausalLM, batch: int, like: torch.Tensor) -> lis
 
 
 def encode_video(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: torch.Tensor,
-                 ratios: list[int]) -> list[KV]:
+                 ratios: list[int], fused: Fused | None = None) -> list[KV]:
     """Kept K/V after the prefix (all kept) and every window of visual [B, V, H] (VSTs kept only).
     ratios: one per window (len = number of windows of beacon_window tokens)."""
+    fused = fused or Fused(model)
     b, num_visual, _ = visual.shape
     lengths = window_lengths(num_visual, model.config.beacon_window)
     if len(ratios) != len(lengths):
         raise ValueError(f"{len(ratios)} ratios for {len(lengths)} windows")
     x = model.model.embed_tokens(prefix_ids)[None].expand(b, -1, -1)
     pos = torch.arange(len(prefix_ids), device=visual.device)
-    _, kept = run_layers(model, x, empty_kept(model, b, visual), pos, None, torch.ones_like(pos, dtype=torch.bool), pos)
+    _, kept = run_layers(model, x, empty_kept(model, b, visual), pos, None, torch.ones_like(pos, dtype=torch.bool), pos,
+                         fused)
     start, rem = 0, 0
     beacon = model.model.beacon_embed_tokens.weight[0]
     for length, ratio in zip(lengths, ratios):
@@ -116,19 +146,20 @@ def encode_video(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: to
         if nb == 0:     # a window with no VST leaves nothing behind (its raw K/V are dropped)
             continue
         pos = torch.arange(m, m + n, device=visual.device)
-        _, kept = run_layers(model, slots, kept, pos, is_vst, is_vst, torch.arange(m, m + nb, device=visual.device))
+        _, kept = run_layers(model, slots, kept, pos, is_vst, is_vst, torch.arange(m, m + nb, device=visual.device),
+                             fused)
     return kept
 
 
 def text_logits(model: VideoXLForCausalLM, kept: list[KV], text_ids: torch.Tensor, video_idx: torch.Tensor,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+                rows: torch.Tensor | None = None, fused: Fused | None = None) -> torch.Tensor:
     """Text after the video: text_ids [R, n] (right padded), row i attends to video video_idx[i]'s kept
     K/V. Returns float32 logits [R, n, vocab], or [k, vocab] at the flat positions `rows` (r * n + t)."""
     r, n = text_ids.shape
     kept = [(k.index_select(0, video_idx), v.index_select(0, video_idx)) for k, v in kept]
     m = kept[0][0].shape[1]
     pos = torch.arange(m, m + n, device=text_ids.device)
-    hidden, _ = run_layers(model, model.model.embed_tokens(text_ids), kept, pos, None, None, None)
+    hidden, _ = run_layers(model, model.model.embed_tokens(text_ids), kept, pos, None, None, None, fused)
     if rows is None:
         return model.compute_logits(hidden)
     return model.compute_logits(hidden.reshape(r * n, -1)[rows])
