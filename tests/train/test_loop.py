@@ -71,6 +71,22 @@ def test_worker_batches_equal_step_batch():
     assert list(batches(cfg, loaded, 3, 3, data_workers=1)) == []
 
 
+def test_freeze_vision_keeps_the_tower_and_trains_the_rest(tmp_path):
+    cfg = tiny_config(tmp_path / "frozen", 3)
+    cfg.freeze_vision = True
+    train(cfg, stop_after=0)                                   # stage 0 only: the tower as pretrained
+    before = torch.load(tmp_path / "frozen" / "state.pt", weights_only=True)["model"]
+    train(cfg, resume=True)
+    after = torch.load(tmp_path / "frozen" / "state.pt", weights_only=True)["model"]
+    tower = [k for k in before if "vision_tower" in k]
+    rest = [k for k in before if "vision_tower" not in k]
+    assert tower and all(torch.equal(before[k], after[k]) for k in tower)
+    assert any("mm_projector" in k and not torch.equal(before[k], after[k]) for k in rest)
+    assert any("layers" in k and not torch.equal(before[k], after[k]) for k in rest)
+    flag, _ = parse_args(["--freeze-vision"])
+    assert flag.freeze_vision and not parse_args([])[0].freeze_vision
+
+
 def test_resume_accepts_a_state_written_before_newer_options(tmp_path):
     cfg = tiny_config(tmp_path / "old", 3)
     train(cfg, stop_after=1)

@@ -16,8 +16,11 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("arch", "task_weights", "pretrain"):
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name))
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
     p.add_argument("--task-weights", type=float, nargs=3, default=defaults.task_weights,
                    help="sampling weights of retrieval, ordering, counting")
     p.add_argument("--arch", type=json.loads, default={}, help='JSON overrides of DemoArch, e.g. {"hidden_size": 96}')

@@ -57,6 +57,8 @@ class TrainConfig:
                                         # weights (fresh optimizer, no stage 0)
     init_vision_steps: int = 0          # with init_from: first retrain the vision tower alone this many steps
                                         # (stage 0's vision task, fresh heads) to restore detail it lost
+    freeze_vision: bool = False         # end-to-end steps leave the vision tower as stage 0 (or init_from)
+                                        # left it, as a pretrained CLIP; the projector still trains
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -189,6 +191,7 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         timed_phase(log_path, "text", cfg.pretrain.text_steps,
                     lambda: pretrain_text(model, loaded.tokenizer, cfg.pretrain, cfg.seed))
         save_state(state_path, model, opt, 0, cfg)
+    model.model.vision_tower.requires_grad_(not cfg.freeze_vision)     # no graph, no update when frozen
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)

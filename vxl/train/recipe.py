@@ -1,7 +1,7 @@
 """The recipe of the shipped demo model: nine `python -m vxl.train` stages, each starting from the previous
 one's weights, run in order and resumable (a finished stage is skipped, an interrupted one resumes).
 
-    python -m vxl.train.recipe --out-dir runs/demo --export vxl/data/demo [--num-threads 2]
+    python -m vxl.train.recipe --out-dir runs/demo --export vxl/data/demo [--num-threads 2] [--data-workers 1]
 
 1. from scratch (seed 0, stage 0 then the curriculum, task weights 0.45 / 0.3 / 0.25), paused at step 1250
    of its 2200-step schedule: the run that learns ordering and counting, but reads shapes and digits badly;
