@@ -4,7 +4,7 @@ last, videos of 8 to 512 frames) with 1 or 2 compute threads, rendering the vide
 initial weights; settings with the same thread count must end with identical weights (the worker changes
 where batches are rendered, not what they are), which is checked and recorded.
 
-    python -m bench.train_speed [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1] [--out bench/results/train_speed_cpu.json]
+    python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1] [--out bench/results/train_speed_cpu.json]
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def frames_trained(cfg, steps: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="nine", help="recipe whose stage to time (vxl.train.recipe.RECIPES)")
     p.add_argument("--stage", type=int, default=9, help="recipe stage whose configuration to time (1-based)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--settings", nargs="+", default=["1,0", "1,1", "2,0", "2,1"],
@@ -59,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/train_speed_cpu.json")
     args = p.parse_args(argv)
     from vxl.train.__main__ import parse_args
-    from vxl.train.recipe import STAGES
-
-    name, stage_args, _ = STAGES[args.stage - 1]
+    try:
+        from vxl.train.recipe import RECIPES
+        stages = RECIPES[args.recipe][0]
+    except ImportError:                 # commits before the fast recipe: only the nine stages
+        from vxl.train.recipe import STAGES as stages
+    name, stage_args, _ = stages[args.stage - 1]
     cfg, _ = parse_args(stage_args)
     frames = frames_trained(cfg, args.steps)
     runs, weights = [], {}

@@ -10,7 +10,7 @@ import torch
 from vxl import LLM
 from vxl.train import loop
 from vxl.train.loop import initial_weights
-from vxl.train.recipe import STAGES, run_recipe
+from vxl.train.recipe import RECIPES, SHIPPED, STAGES, main, run_recipe
 
 ARCH = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 32,
         "clip_hidden_size": 16, "clip_intermediate_size": 16, "clip_heads": 2, "clip_layers": 2}
@@ -47,23 +47,41 @@ def test_recipe_chains_stages_and_exports(tmp_path, monkeypatch):
     assert llm.model.tokens_per_frame == 4
 
 
-def test_shipped_recipe_starts_from_scratch_and_chains():
-    assert len(STAGES) == 9 and "--init-from" not in " ".join(a for _, args, _ in STAGES for a in args)
-    assert STAGES[0][2] is not None and STAGES[-1][2] is None
+def test_recipes_start_from_scratch_and_chain():
+    assert STAGES is RECIPES[SHIPPED][0] and SHIPPED == "fast"
+    for stages, threads in RECIPES.values():
+        assert "--init-from" not in " ".join(a for _, args, _ in stages for a in args)
+        assert stages[0][2] is not None and stages[-1][2] is None and threads in (1, 2)
+    assert len(RECIPES["nine"][0]) == 9
+    # the fast recipe never trains the vision tower end to end
+    assert all("--freeze-vision" in args for _, args, _ in RECIPES["fast"][0])
 
 
-def test_shipped_recipe_matches_the_committed_stage_configs():
-    """bench/results/demo_train/ holds the configs the shipped model was trained with; the recipe must
-    reproduce each of them (paths and thread counts aside)."""
+def test_recipes_match_the_committed_stage_configs():
+    """bench/results/demo_train/ holds the configs each recipe's committed run used (the shipped model's:
+    fast); the recipe must reproduce each of them (paths aside) and the thread count it names."""
     from dataclasses import asdict
 
     from vxl.train.__main__ import parse_args
     root = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results", "demo_train")
-    for name, args, _ in STAGES:
-        saved = json.load(open(os.path.join(root, f"{name}_config.json")))
-        cfg, _ = parse_args(args)
-        ours = json.loads(json.dumps(asdict(cfg)))
-        saved = json.loads(json.dumps(asdict(type(cfg).from_dict(saved))))
-        for key in ("out_dir", "init_from", "num_threads"):
-            ours.pop(key), saved.pop(key)
-        assert ours == saved, name
+    for stages, threads in RECIPES.values():
+        for name, args, _ in stages:
+            saved = json.load(open(os.path.join(root, f"{name}_config.json")))
+            cfg, _ = parse_args(args)
+            ours = json.loads(json.dumps(asdict(cfg)))
+            saved = json.loads(json.dumps(asdict(type(cfg).from_dict(saved))))
+            for key in ("out_dir", "init_from"):
+                ours.pop(key), saved.pop(key)
+            assert saved["num_threads"] == threads, name
+            ours.pop("num_threads"), saved.pop("num_threads")
+            assert ours == saved, name
+
+
+def test_recipe_command_runs_the_chosen_recipe_with_its_thread_count(tmp_path, monkeypatch):
+    from vxl.train import recipe
+    seen = []
+    monkeypatch.setattr(recipe, "run_recipe", lambda out, export, threads, stages, data_workers: seen.append(
+        (out, export, threads, stages, data_workers)))
+    main(["--out-dir", str(tmp_path), "--recipe", "nine"])
+    main(["--out-dir", str(tmp_path), "--export", "e", "--num-threads", "1", "--data-workers", "1"])
+    assert seen == [(str(tmp_path), None, 1, RECIPES["nine"][0], 0), (str(tmp_path), "e", 1, RECIPES["fast"][0], 1)]

@@ -1,7 +1,22 @@
-"""The recipe of the shipped demo model: nine `python -m vxl.train` stages, each starting from the previous
+"""The recipes of the demo model: chains of `python -m vxl.train` stages, each starting from the previous
 one's weights, run in order and resumable (a finished stage is skipped, an interrupted one resumes).
 
-    python -m vxl.train.recipe --out-dir runs/demo --export vxl/data/demo [--num-threads 2] [--data-workers 1]
+    python -m vxl.train.recipe [--recipe fast|nine] --out-dir runs/demo --export vxl/data/demo [--num-threads N]
+
+`fast` (the shipped model; 2 threads by default, about 40 minutes on 2 cores) keeps the vision tower as
+stage 0 made it (`--freeze-vision`) in every end-to-end step, so no stage has to repair what end-to-end
+training wears away:
+
+1. from scratch (seed 0, stage 0 then the curriculum, task weights 0.45 / 0.3 / 0.25), vision frozen,
+   paused at step 1250 of its 2200-step schedule: ordering is learnt here (96% at 128 frames);
+2. the vision tower retrained alone for 2000 more steps of stage 0's frame task (it read digits 87% on a
+   linear probe after stage 0), then frozen again for 800 retrieval-heavy end-to-end steps
+   (0.6 / 0.2 / 0.2, lr 5e-4, 60% of retrieval needles digits) on videos of 8 to 256 frames;
+3. 700 steps on videos of 8 to 512 frames, counting-heavy (0.35 / 0.15 / 0.5), lr 3e-4, 80% of steps with
+   one ratio for every window (as at inference), exported.
+
+`nine` (the model shipped before, one thread by default, about 150 minutes) trains the vision tower end to
+end and so retrains it alone three times:
 
 1. from scratch (seed 0, stage 0 then the curriculum, task weights 0.45 / 0.3 / 0.25), paused at step 1250
    of its 2200-step schedule: the run that learns ordering and counting, but reads shapes and digits badly;
@@ -18,7 +33,9 @@ one's weights, run in order and resumable (a finished stage is skipped, an inter
 8. the same with another seed;
 9. 400 steps more at lr 2e-4, 0.35 / 0.15 / 0.5, exported. Measured at 1024 frames against stages 1-6:
    counting 37.5% (was 22.5%), ordering at ratios 2 / 4 / 8 80 / 76 / 92% (was 56 / 46 / 71%) but at
-   ratio 12 57.5% (was 95%); bench/results/demo_accuracy.md.
+   ratio 12 57.5% (was 95%); bench/results/demo_nine_accuracy.md.
+
+Each stage's config and step log: bench/results/demo_train/<stage>_config.json, <stage>_log.jsonl.
 """
 from __future__ import annotations
 
@@ -30,10 +47,20 @@ from vxl.train.loop import train
 
 # stages after the first: no curriculum (every event on one frame, the full range of lengths from step 0)
 FLAT = ["--hold-steps", "0", "--cover", "0", "--cover-steps", "0", "--ramp-steps", "0"]
-# stages 7-9: videos of 8 to 512 frames, 80% one-ratio steps, half the retrieval needles digits
+# the last stage of each recipe (nine: 7-9): videos of 8 to 512 frames, 80% one-ratio steps, half the retrieval needles digits
 LONG = ["--max-frames", "512", "--uniform-ratio-prob", "0.8", "--digit-prob", "0.5"]
-# (name, train arguments, stop after step)
-STAGES: list[tuple[str, list[str], int | None]] = [
+FROZEN = ["--freeze-vision"]
+Stage = tuple[str, list[str], "int | None"]     # (name, train arguments, stop after step)
+
+FAST: list[Stage] = [
+    ("fast1", ["--seed", "0", *FROZEN], 1250),
+    ("fast2", ["--seed", "21", "--steps", "800", "--init-vision-steps", "2000", *FROZEN, *FLAT, "--lr", "5e-4",
+               "--task-weights", "0.6", "0.2", "0.2", "--digit-prob", "0.6"], None),
+    ("fast3", ["--seed", "81", "--steps", "700", *FROZEN, *FLAT, *LONG, "--lr", "3e-4", "--warmup-steps", "20",
+               "--task-weights", "0.35", "0.15", "0.5"], None),
+]
+
+NINE: list[Stage] = [
     ("stage1", ["--seed", "0"], 1250),
     ("stage2", ["--seed", "21", "--steps", "1400", *FLAT, "--lr", "5e-4",
                 "--task-weights", "0.6", "0.25", "0.15"], None),
@@ -55,9 +82,14 @@ STAGES: list[tuple[str, list[str], int | None]] = [
                 "--task-weights", "0.35", "0.15", "0.5"], None),
 ]
 
+# name -> (stages, the thread count its committed run used: float rounding, hence the weights, depend on it)
+RECIPES: dict[str, tuple[list[Stage], int]] = {"fast": (FAST, 2), "nine": (NINE, 1)}
+SHIPPED = "fast"
+STAGES = RECIPES[SHIPPED][0]
 
-def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = 1,
-               stages: list[tuple[str, list[str], int | None]] = STAGES, extra: list[str] = (),
+
+def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = 2,
+               stages: list[Stage] = STAGES, extra: list[str] = (),
                data_workers: int = 0) -> None:
     """Run every stage under out_dir/<name>/; `extra` arguments go to every stage (tests shrink it)."""
     previous = None
@@ -79,12 +111,18 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--export", default=None, help="write the final model here (official layout)")
-    p.add_argument("--num-threads", type=int, default=1)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=SHIPPED,
+                   help=f"which recipe (default {SHIPPED}, the shipped model's)")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="torch threads (default: what the recipe's committed run used, 2 for fast, 1 for nine; "
+                        "another count gives other float rounding)")
     p.add_argument("--data-workers", type=int, default=0,
                    help="processes rendering the next steps' videos during training (same results; helps with "
                         "--num-threads 1 and a spare core)")
     args = p.parse_args(argv)
-    run_recipe(args.out_dir, args.export, args.num_threads, data_workers=args.data_workers)
+    stages, threads = RECIPES[args.recipe]
+    run_recipe(args.out_dir, args.export, args.num_threads or threads, stages=stages,
+               data_workers=args.data_workers)
     return 0
 
 
