@@ -47,10 +47,11 @@ from vxl.train.loop import train
 
 # stages after the first: no curriculum (every event on one frame, the full range of lengths from step 0)
 FLAT = ["--hold-steps", "0", "--cover", "0", "--cover-steps", "0", "--ramp-steps", "0"]
-# the last stage of each recipe (nine: 7-9): videos of 8 to 512 frames, 80% one-ratio steps, half the retrieval needles digits
+# the last stage of each recipe (nine: 7-9): videos of 8 to 512 frames, 80% one-ratio steps, half the retrieval
+# needles digits
 LONG = ["--max-frames", "512", "--uniform-ratio-prob", "0.8", "--digit-prob", "0.5"]
 FROZEN = ["--freeze-vision"]
-Stage = tuple[str, list[str], "int | None"]     # (name, train arguments, stop after step)
+Stage = tuple[str, list[str], int | None]       # (name, train arguments, stop after step)
 
 FAST: list[Stage] = [
     ("fast1", ["--seed", "0", *FROZEN], 1250),
@@ -88,7 +89,7 @@ SHIPPED = "fast"
 STAGES = RECIPES[SHIPPED][0]
 
 
-def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = 2,
+def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = RECIPES[SHIPPED][1],
                stages: list[Stage] = STAGES, extra: list[str] = (),
                data_workers: int = 0) -> None:
     """Run every stage under out_dir/<name>/; `extra` arguments go to every stage (tests shrink it)."""
