@@ -63,6 +63,22 @@ def test_counting_answer_is_the_number_of_frames_with_the_colour(seed):
     check_choice(qa, qa.right)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_count_every_colour_asks_two_colours_their_counts(seed):
+    s = make_sample("counting", 64, [10, seed], count_every_colour=True)
+    asked = [qa.prompt.split(" object")[0].split()[-1] for qa in s.qas]
+    assert len(asked) == 2 and asked[0] != asked[1]
+    counts = {c: sum(t.colour == c for _, _, t in s.events) for c in asked}
+    assert all(1 <= n <= 4 for n in counts.values())
+    assert len({t.colour for _, _, t in s.events} - set(asked)) <= 1            # at most one unasked colour
+    for colour, qa in zip(asked, s.qas):
+        assert len(frames_showing(s.frames, colour)) == counts[colour] == int(qa.right)
+        check_choice(qa, qa.right)
+    # other tasks ignore the option
+    assert make_sample("ordering", 30, seed, count_every_colour=True).qas[0].__dict__ == \
+        make_sample("ordering", 30, seed).qas[0].__dict__
+
+
 def test_depth_places_the_needle():
     assert make_sample("retrieval", 30, 1, depth=0.0).events[0][0] == 0
     assert make_sample("retrieval", 30, 1, depth=1.0).events[0][0] == 29

@@ -112,20 +112,33 @@ def ordering(rng, num_frames: int, open_prob: float):
     return events, [qas[i] for i in rng.permutation(2)]
 
 
-def counting(rng, num_frames: int, open_prob: float):
-    """A target colour appears 1..4 times, 0..2 other-coloured things appear too; ask the target's count."""
-    target, *others = [str(c) for c in rng.choice(list(COLOURS), size=3, replace=False)]
-    count = min(int(rng.integers(1, MAX_COUNT + 1)), max(1, num_frames // 2))    # very short videos: fewer
-    num_other = min(int(rng.integers(0, 3)), max(0, num_frames // 2 - count))
-    colours = [target] * count + [str(rng.choice(others)) for _ in range(num_other)]
+def counting(rng, num_frames: int, open_prob: float, every_colour: bool = False):
+    """A target colour appears 1..4 times, 0..2 other-coloured things appear too; ask the target's count.
+    `every_colour` (training): a second colour also appears 1..4 times (0..1 more things of a third) and
+    both counts are asked, so that counting every card, or a count's prior, is wrong."""
+    target, second, third = [str(c) for c in rng.choice(list(COLOURS), size=3, replace=False)]
+    room = max(1, num_frames // 2)
+    count = min(int(rng.integers(1, MAX_COUNT + 1)), room)    # very short videos: fewer
+    if every_colour:
+        num_second = min(int(rng.integers(1, MAX_COUNT + 1)), max(0, room - count))
+        colours = [target] * count + [second] * num_second
+        colours += [third] * min(int(rng.integers(0, 2)), max(0, room - len(colours)))
+        asked = [target] + ([second] if num_second else [])
+    else:
+        num_other = min(int(rng.integers(0, 3)), max(0, room - count))
+        colours = [target] * count + [str(rng.choice([second, third])) for _ in range(num_other)]
+        asked = [target]
     rng.shuffle(colours)
     frames = spread_frames(rng, num_frames, len(colours), max(2, num_frames // 16))
     events = [(f, random_thing(rng, [c])) for f, c in zip(frames, colours)]
     pool = [str(n) for n in range(1, MAX_COUNT + 1)]
-    article = "an" if target[0] in "aeiou" else "a"
-    qa = make_qa(rng, "counting", f"How many times did {article} {target} object appear?", str(count), pool,
-                 open_prob)
-    return events, [qa]
+    return events, [make_qa(rng, "counting", count_question(c), str(colours.count(c)), pool, open_prob)
+                    for c in asked]
+
+
+def count_question(colour: str) -> str:
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"How many times did {article} {colour} object appear?"
 
 
 GENERATORS = {"retrieval": retrieval, "ordering": ordering, "counting": counting}
@@ -150,10 +163,12 @@ def stretch(rng: np.random.Generator, starts: list[int], num_frames: int, cover:
 
 
 def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: float = 0.0,
-                depth: float | None = None, cover: float = 0.0, digit_prob: float = DIGIT_PROB) -> VideoSample:
+                depth: float | None = None, cover: float = 0.0, digit_prob: float = DIGIT_PROB,
+                count_every_colour: bool = False) -> VideoSample:
     """The video and its questions for one seed (an int or a sequence of ints, as numpy's SeedSequence).
     Each event shows its thing on 1 frame, or (training curriculum, `cover` > 0) on a run of frames.
-    `digit_prob` (retrieval only) changes which needles are digits, not the rest of the sample's draws."""
+    `digit_prob` (retrieval only) changes which needles are digits, not the rest of the sample's draws.
+    `count_every_colour` (counting only) also asks the count of every other colour shown (see `counting`)."""
     if task not in GENERATORS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     if num_frames < 1:
@@ -166,6 +181,8 @@ def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: flo
     kwargs = {"depth": depth} if depth is not None else {}
     if task == "retrieval":
         kwargs["digit_prob"] = digit_prob
+    if task == "counting" and count_every_colour:
+        kwargs["every_colour"] = True
     events, qas = GENERATORS[task](rng, num_frames, open_prob, **kwargs)
     events = sorted(events, key=lambda e: e[0])
     # counting counts frames: its things are never stretched

@@ -50,6 +50,7 @@ class TrainConfig:
     uniform_ratio_prob: float = 0.0     # share of steps whose windows all use one ratio (as at inference)
     open_prob: float = 0.0              # share of questions asked open-ended (evaluation: multiple choice only)
     digit_prob: float = DIGIT_PROB      # share of retrieval needles that are digits (the rest are shapes)
+    count_every_colour: bool = False    # counting videos also ask the count of each other colour shown
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1
@@ -105,7 +106,7 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
     tasks = rng.choice(TASKS, size=batch, p=weights / weights.sum())
     cover = cfg.cover * (1 - _ramp(step, cfg.hold_steps, cfg.cover_steps))
     samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, cfg.open_prob, cover=cover,
-                           digit_prob=cfg.digit_prob)
+                           digit_prob=cfg.digit_prob, count_every_colour=cfg.count_every_colour)
                for b, t in enumerate(tasks)]
     num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]

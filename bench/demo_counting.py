@@ -1,0 +1,70 @@
+"""What the demo model's counting answers follow: the count of the asked colour, or the count of every
+card shown (ignoring the colour named in the question), per number of other-coloured cards.
+
+    python -m bench.demo_counting [--checkpoint DIR] [--frames 16,128,512] [--ratio 16] [--videos 80] [--out F.json]
+
+A model whose answers mostly equal the number of all cards counts but does not select by colour.
+Videos are the held-out ones of `vxl.train.evaluate` (`eval_samples(..., seed 0)`), greedy decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+from vxl.train.evaluate import ask, eval_samples, extract_letter
+from vxl.train.data import MAX_COUNT
+
+
+def counting_breakdown(samples, records) -> dict:
+    """{accuracy, all_cards (share of answers equal to min(cards shown, MAX_COUNT)), by_others:
+    {number of other-coloured cards: [right, videos]}} over one question per counting sample."""
+    right = all_cards = 0
+    by_others: dict[int, list[int]] = {}
+    answered = Counter()
+    for sample, rec in zip(samples, records):
+        qa = sample.qas[0]
+        letter = extract_letter(rec["answer"])
+        said = qa.options["ABCD".index(letter)] if letter in ("A", "B", "C", "D") else None
+        target, shown = int(qa.right), len(sample.events)
+        right += said == qa.right
+        all_cards += said == str(min(shown, MAX_COUNT))
+        cell = by_others.setdefault(shown - target, [0, 0])
+        cell[0] += said == qa.right
+        cell[1] += 1
+        answered[said] += 1
+    n = len(samples)
+    return {"accuracy": right / n, "all_cards": all_cards / n, "by_others": dict(sorted(by_others.items())),
+            "answered": {str(k): v for k, v in sorted(answered.items(), key=lambda kv: str(kv[0]))}, "n": n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from vxl import LLM
+    from vxl.train.demo import demo_checkpoint_path
+    p = argparse.ArgumentParser(prog="python -m bench.demo_counting", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped demo model)")
+    p.add_argument("--frames", default="16,128,512")
+    p.add_argument("--ratio", type=int, default=16)
+    p.add_argument("--videos", type=int, default=80)
+    p.add_argument("--num-threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="also write the cells here, with the hardware / versions header")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    llm = LLM(args.checkpoint or demo_checkpoint_path(), device="cpu", dtype="float32")
+    size = llm.loaded.image_processor.crop_size
+    cells = []
+    for frames in (int(f) for f in args.frames.split(",")):
+        samples = eval_samples("counting", frames, args.videos, 0, size)
+        cells.append({"frames": frames, "ratio": args.ratio, **counting_breakdown(samples, ask(llm, samples, args.ratio))})
+        print(json.dumps(cells[-1]), flush=True)
+    if args.out:
+        from bench.common import env_info, write_json
+        write_json(args.out, {"env": env_info(), "checkpoint": args.checkpoint or "vxl/data/demo", "cells": cells})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
