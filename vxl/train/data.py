@@ -168,7 +168,7 @@ def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: flo
     """The video and its questions for one seed (an int or a sequence of ints, as numpy's SeedSequence).
     Each event shows its thing on 1 frame, or (training curriculum, `cover` > 0) on a run of frames.
     `digit_prob` (retrieval only) changes which needles are digits, not the rest of the sample's draws.
-    `count_every_colour` (counting only) also asks the count of every other colour shown (see `counting`)."""
+    `count_every_colour` (counting only): a second colour is counted and asked too (see `counting`)."""
     if task not in GENERATORS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     if num_frames < 1:

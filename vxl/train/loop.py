@@ -50,7 +50,7 @@ class TrainConfig:
     uniform_ratio_prob: float = 0.0     # share of steps whose windows all use one ratio (as at inference)
     open_prob: float = 0.0              # share of questions asked open-ended (evaluation: multiple choice only)
     digit_prob: float = DIGIT_PROB      # share of retrieval needles that are digits (the rest are shapes)
-    count_every_colour: bool = False    # counting videos also ask the count of each other colour shown
+    count_every_colour: bool = False    # counting videos count and ask a second colour too (experiment)
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1
