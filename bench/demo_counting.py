@@ -12,24 +12,25 @@ import argparse
 import json
 from collections import Counter
 
+from vxl.train.data import LETTERS, MAX_COUNT
 from vxl.train.evaluate import ask, eval_samples, extract_letter
-from vxl.train.data import MAX_COUNT
 
 
 def counting_breakdown(samples, records) -> dict:
     """{accuracy, all_cards (share of answers equal to min(cards shown, MAX_COUNT)), by_others:
-    {number of other-coloured cards: [right, videos]}} over one question per counting sample."""
+    {number of other-coloured cards: [right, videos]}, answered: {option said: videos}, n} over the first
+    (the target's) question of each counting sample."""
     right = all_cards = 0
     by_others: dict[int, list[int]] = {}
     answered = Counter()
     for sample, rec in zip(samples, records):
         qa = sample.qas[0]
         letter = extract_letter(rec["answer"])
-        said = qa.options["ABCD".index(letter)] if letter in ("A", "B", "C", "D") else None
-        target, shown = int(qa.right), len(sample.events)
+        said = qa.options[LETTERS.index(letter)] if letter else None
+        shown = len(sample.events)
         right += said == qa.right
         all_cards += said == str(min(shown, MAX_COUNT))
-        cell = by_others.setdefault(shown - target, [0, 0])
+        cell = by_others.setdefault(shown - int(qa.right), [0, 0])
         cell[0] += said == qa.right
         cell[1] += 1
         answered[said] += 1

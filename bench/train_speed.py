@@ -60,12 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/train_speed_cpu.json")
     args = p.parse_args(argv)
     from vxl.train.__main__ import parse_args
-    try:
-        from vxl.train.recipe import RECIPES
-        stages = RECIPES[args.recipe][0]
-    except ImportError:                 # commits before the fast recipe: only the nine stages
-        from vxl.train.recipe import STAGES as stages
-    name, stage_args, _ = stages[args.stage - 1]
+    from vxl.train.recipe import RECIPES
+    name, stage_args, _ = RECIPES[args.recipe][0][args.stage - 1]
     cfg, _ = parse_args(stage_args)
     frames = frames_trained(cfg, args.steps)
     runs, weights = [], {}

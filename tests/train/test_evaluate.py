@@ -1,6 +1,8 @@
 """The evaluation's bookkeeping: held-out samples are paired across ratios and split by question kind."""
+import pytest
+
 from vxl.train.data import make_sample
-from vxl.train.evaluate import by_task, eval_samples
+from vxl.train.evaluate import by_task, eval_samples, extract_letter
 
 
 def _records(samples, correct_of):
@@ -29,3 +31,9 @@ def test_eval_samples_are_held_out_and_deterministic():
     assert not (a[0].frames == a[1].frames).all()
     # training draws samples from plain integer seeds; the evaluation's keys never coincide with them
     assert not (make_sample("counting", 17, 5, 32).frames == a[0].frames).all()
+
+
+@pytest.mark.parametrize("text,letter", [("red (B)", "B"), ("3 (D)<|im_end|>", "D"), ("C", "C"), ("A red", "A"),
+                                         ("", None), ("   ", None), ("Apple", None), ("red", None), ("(E)", None)])
+def test_extract_letter_reads_the_option_letter_or_none(text, letter):
+    assert extract_letter(text) == letter

@@ -37,7 +37,7 @@ def extract_letter(text: str) -> str | None:
     if m:
         return m.group(1)
     text = text.strip()
-    return text[0] if text[:1] in LETTERS and not text[1:2].isalpha() else None
+    return text[0] if text and text[0] in LETTERS and not text[1:2].isalpha() else None
 
 
 def eval_samples(task: str, num_frames: int, num_videos: int, seed: int, size: int,
