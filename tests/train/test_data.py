@@ -79,6 +79,25 @@ def test_count_every_colour_asks_two_colours_their_counts(seed):
         make_sample("ordering", 30, seed).qas[0].__dict__
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_keyed_asks_the_shape_of_the_card_of_the_named_colour(seed):
+    s = make_sample("retrieval", 48, [11, seed], keyed_prob=1.0)
+    (qa,) = s.qas
+    shown = {t.colour: t.shape for _, _, t in s.events}
+    assert 2 <= len(s.events) == len(shown) == len(set(shown.values())) <= 4     # distinct colours, shapes
+    asked = qa.prompt.split("the ")[1].split(" object")[0]
+    assert qa.right == shown[asked] and all(len(frames_showing(s.frames, c)) == 1 for c in shown)
+    check_choice(qa, qa.right)
+    # other shown shapes are wrong options: knowing which shapes appeared is not enough
+    assert len(set(qa.options) & set(shown.values())) >= min(3, len(shown))
+    # keyed_prob 0 draws nothing: the default sample; ordering and counting ignore the option
+    assert make_sample("retrieval", 48, [11, seed], keyed_prob=0.0).qas[0].__dict__ == \
+        make_sample("retrieval", 48, [11, seed]).qas[0].__dict__
+    assert make_sample("counting", 30, seed, keyed_prob=1.0).events == make_sample("counting", 30, seed).events
+    with pytest.raises(ValueError, match="keyed_prob"):
+        make_sample("retrieval", 10, 1, keyed_prob=-0.1)
+
+
 def test_depth_places_the_needle():
     assert make_sample("retrieval", 30, 1, depth=0.0).events[0][0] == 0
     assert make_sample("retrieval", 30, 1, depth=1.0).events[0][0] == 29

@@ -84,9 +84,13 @@ def random_thing(rng: np.random.Generator, colours: list[str] | None = None, all
     return Thing(colour, shape=str(rng.choice(SHAPES)))
 
 
-def retrieval(rng, num_frames: int, open_prob: float, depth: float | None = None, digit_prob: float = DIGIT_PROB):
+def retrieval(rng, num_frames: int, open_prob: float, depth: float | None = None, digit_prob: float = DIGIT_PROB,
+              keyed_prob: float = 0.0):
     """One thing appears on one frame (at `depth` of the video when given); ask its colour and its shape
-    or digit (a digit with probability `digit_prob`)."""
+    or digit (a digit with probability `digit_prob`). With probability `keyed_prob` (training) the
+    video is `keyed` instead."""
+    if keyed_prob > 0 and rng.uniform() < keyed_prob:
+        return keyed(rng, num_frames, open_prob)
     idx = int(rng.integers(num_frames)) if depth is None else int(round(depth * (num_frames - 1)))
     thing = random_thing(rng, digit_prob=digit_prob)
     qas = [make_qa(rng, "retrieval", "What colour was the object that appeared once?", thing.colour,
@@ -97,6 +101,20 @@ def retrieval(rng, num_frames: int, open_prob: float, depth: float | None = None
     else:
         qas.append(make_qa(rng, "retrieval", "Which digit appeared once?", thing.digit, list(DIGITS), open_prob))
     return [(idx, thing)], qas
+
+
+def keyed(rng, num_frames: int, open_prob: float):
+    """2..4 shapes of distinct colours and distinct shapes on their own frames; ask the shape of the one of
+    a named colour. Answering needs the question's colour word matched against what each card shows,
+    the selection counting needs too (training only: the evaluation's retrieval has one needle)."""
+    num = min(int(rng.integers(2, 5)), num_frames)
+    colours = [str(c) for c in rng.choice(list(COLOURS), size=num, replace=False)]
+    shapes = [str(s) for s in rng.choice(list(SHAPES), size=num, replace=False)]
+    frames = spread_frames(rng, num_frames, num, max(2, num_frames // 16))
+    events = [(f, Thing(c, shape=sh)) for f, c, sh in zip(frames, colours, shapes)]
+    k = int(rng.integers(num))
+    return events, [make_qa(rng, "retrieval", f"What shape was the {colours[k]} object?", shapes[k],
+                            list(SHAPES), open_prob, tuple(shapes[:k] + shapes[k + 1:])[:2])]
 
 
 def ordering(rng, num_frames: int, open_prob: float):
@@ -164,23 +182,27 @@ def stretch(rng: np.random.Generator, starts: list[int], num_frames: int, cover:
 
 def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: float = 0.0,
                 depth: float | None = None, cover: float = 0.0, digit_prob: float = DIGIT_PROB,
-                count_every_colour: bool = False) -> VideoSample:
+                count_every_colour: bool = False, keyed_prob: float = 0.0) -> VideoSample:
     """The video and its questions for one seed (an int or a sequence of ints, as numpy's SeedSequence).
     Each event shows its thing on 1 frame, or (training curriculum, `cover` > 0) on a run of frames.
     `digit_prob` (retrieval only) changes which needles are digits, not the rest of the sample's draws.
-    `count_every_colour` (counting only): a second colour is counted and asked too (see `counting`)."""
+    `count_every_colour` (counting only): a second colour is counted and asked too (see `counting`).
+    `keyed_prob` (retrieval only): the share of retrieval videos that are `keyed` instead."""
     if task not in GENERATORS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     if num_frames < 1:
         raise ValueError("num_frames must be >= 1")
     if depth is not None and task != "retrieval":
         raise ValueError("depth applies to the retrieval task only")
-    if not 0.0 <= digit_prob <= 1.0:
-        raise ValueError(f"digit_prob must be in [0, 1], got {digit_prob}")
+    for name, prob in (("digit_prob", digit_prob), ("keyed_prob", keyed_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {prob}")
     rng = np.random.default_rng(seed)
     kwargs = {"depth": depth} if depth is not None else {}
     if task == "retrieval":
         kwargs["digit_prob"] = digit_prob
+        if keyed_prob > 0:
+            kwargs["keyed_prob"] = keyed_prob
     if task == "counting" and count_every_colour:
         kwargs["every_colour"] = True
     events, qas = GENERATORS[task](rng, num_frames, open_prob, **kwargs)

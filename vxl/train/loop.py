@@ -51,6 +51,7 @@ class TrainConfig:
     open_prob: float = 0.0              # share of questions asked open-ended (evaluation: multiple choice only)
     digit_prob: float = DIGIT_PROB      # share of retrieval needles that are digits (the rest are shapes)
     count_every_colour: bool = False    # counting videos count and ask a second colour too (experiment)
+    keyed_prob: float = 0.0             # share of retrieval videos asking the shape of the card of a named colour
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1
@@ -106,7 +107,8 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
     tasks = rng.choice(TASKS, size=batch, p=weights / weights.sum())
     cover = cfg.cover * (1 - _ramp(step, cfg.hold_steps, cfg.cover_steps))
     samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, cfg.open_prob, cover=cover,
-                           digit_prob=cfg.digit_prob, count_every_colour=cfg.count_every_colour)
+                           digit_prob=cfg.digit_prob, count_every_colour=cfg.count_every_colour,
+                           keyed_prob=cfg.keyed_prob)
                for b, t in enumerate(tasks)]
     num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
