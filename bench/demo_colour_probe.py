@@ -69,11 +69,9 @@ def vst_cover(frame: int, window_frames: int, tokens_per_frame: int, ratio: int)
 
 
 def unrotate(k: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Undo RoPE on k [n, heads, hd] at positions [n] (the inverse of forward.rotate)."""
-    from vxl.kernels.reference import rope_cos_sin
-    cos, sin = (t[:, None, :].to(k.dtype) for t in rope_cos_sin(positions, k.shape[-1], theta))
-    half = k.shape[-1] // 2
-    return k * cos - torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+    """Undo RoPE on k [n, heads, hd] at positions [n]: forward.rotate by the negated positions."""
+    from vxl.train.forward import rope_tables, rotate
+    return rotate(k, rope_tables(-positions, k.shape[-1], theta))
 
 
 def colour_probe(loaded, num_frames: int = 24, ratio: int = 4, num_videos: int = 240, seed: int = 0) -> dict:
@@ -98,7 +96,7 @@ def colour_probe(loaded, num_frames: int = 24, ratio: int = 4, num_videos: int =
         sample = make_sample("retrieval", num_frames, [7_900_001, seed, i], loaded.image_processor.crop_size,
                              keyed_prob=1.0)
         qa = sample.qas[0]
-        colour = qa.prompt.split("the ", 1)[1].split(" object", 1)[0]
+        colour = next(t.colour for _, _, t in sample.events if t.shape == qa.right)    # shapes are distinct
         batch = make_batch([sample], tok, loaded.image_processor, eos, pad, [ratio] * (num_frames // window_frames))
         with torch.no_grad(), capture_attention() as calls:
             batch_logits(model, batch)
@@ -108,6 +106,7 @@ def colour_probe(loaded, num_frames: int = 24, ratio: int = 4, num_videos: int =
         num_vst = num_frames // window_frames * (cfg.beacon_window // ratio)
         kept_pos = torch.arange(start, start + num_vst)
         k_card = covers[sample.events[0][2].colour]     # the first card: its colour is the key/value label
+        other = sorted({j for c, js in covers.items() if c != colour for j in js} - set(covers[colour]))
         blind += 1 / len(covers)
         asked.append(COLOUR_NAMES.index(colour))
         card_colour.append(COLOUR_NAMES.index(sample.events[0][2].colour))
@@ -117,7 +116,6 @@ def colour_probe(loaded, num_frames: int = 24, ratio: int = 4, num_videos: int =
             scores = (q_row[:, None] * k_all).sum(-1) / q.shape[-1] ** 0.5
             scores[:, start + num_vst + row + 1:] = float("-inf")            # the row's causal mask
             attn = scores.softmax(-1)[:, start:start + num_vst]              # (heads, VSTs)
-            other = sorted({j for c, js in covers.items() if c != colour for j in js} - set(covers[colour]))
             on_asked, on_other = attn[:, covers[colour]].sum(-1), attn[:, other].sum(-1)     # (heads,)
             card_mass[layer] += (on_asked + on_other).numpy()
             asked_share[layer] += (on_asked / (on_asked + on_other).clamp_min(1e-30)).numpy()

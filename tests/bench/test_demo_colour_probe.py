@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.demo_colour_probe import colour_probe, ridge_probe, unrotate, vst_cover
+from vxl.train.data import make_sample
 from vxl.train.forward import rope_tables, rotate
 
 
@@ -43,10 +44,14 @@ def test_colour_probe_runs_on_a_small_random_model():
                                        intermediate_size=32, clip_hidden_size=16, clip_intermediate_size=16,
                                        clip_heads=2, clip_layers=2), seed=3)
     out = colour_probe(loaded, num_frames=12, ratio=4, num_videos=9)
+    # the colour-blind share, from the same videos drawn independently: the mean of 1 / cards shown
+    blind = np.mean([1 / len(make_sample("retrieval", 12, [7_900_001, 0, i], 64, keyed_prob=1.0).events)
+                     for i in range(9)])
     assert [row["layer"] for row in out["layers"]] == [0, 1]
     for row in out["layers"]:
         assert 0 <= row["query_colour"] <= 1 and 0 <= row["key_colour"] <= 1
         assert 0 < row["card_mass"] <= 1 + 1e-6 and 0 <= row["asked_share"] <= 1
         assert 1 / 4 <= row["blind_share"] <= 1 / 2                 # 2 to 4 cards shown
+        assert row["blind_share"] == pytest.approx(blind, abs=1e-12)
     with pytest.raises(ValueError, match="whole windows"):
         colour_probe(loaded, num_frames=13, ratio=4, num_videos=3)
