@@ -1,10 +1,13 @@
 """Training throughput of the demo model on this machine: end-to-end steps of a recipe stage (default: the
 last, videos of 8 to 512 frames) with 1 or 2 compute threads, rendering the videos in the training process
 (0 data workers) or in a worker process ahead of it (1). Every setting runs the same steps from the same
-initial weights; settings with the same thread count must end with identical weights (the worker changes
-where batches are rendered, not what they are), which is checked and recorded.
+initial weights; settings with the same thread count and forward must end with identical weights (the worker
+changes where batches are rendered, not what they are), which is checked and recorded. A setting's third field
+picks the training forward: `seq` (window after window, vxl.train.forward.encode_video; the default) or `layer`
+(every window of a layer at once, encode_video_layerwise: the same function with other float rounding, so
+its weights are compared with the first `seq` run of its thread count by their largest relative difference).
 
-    python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1] [--out bench/results/train_speed_cpu.json]
+    python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1 2,0,layer] [--out bench/results/train_speed_cpu.json]
 """
 from __future__ import annotations
 
@@ -18,14 +21,14 @@ import torch
 from bench.common import env_info, write_json
 
 
-def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str) -> tuple[float, dict]:
+def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str, layerwise: bool = False) -> tuple[float, dict]:
     """(seconds, final weights) of steps 0..steps-1 of cfg from its seed's fresh weights."""
     from vxl.train.arch import build_demo_model
     from vxl.train.loop import TrainConfig, run_steps
     import dataclasses
     import os
     cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), "out_dir": out_dir, "num_threads": threads,
-                                 "save_every": 10**9, "log_every": 10**9})
+                                 "save_every": 10**9, "log_every": 10**9, "layerwise": layerwise})
     torch.set_num_threads(threads)
     loaded = build_demo_model(cfg.arch, cfg.seed)
     model = loaded.model.train()
@@ -66,16 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     frames = frames_trained(cfg, args.steps)
     runs, weights = [], {}
     for setting in args.settings:
-        threads, workers = (int(x) for x in setting.split(","))
+        fields = setting.split(",")
+        threads, workers = int(fields[0]), int(fields[1])
+        forward = fields[2] if len(fields) > 2 else "seq"
+        if forward not in ("seq", "layer"):
+            raise SystemExit(f"setting {setting!r}: the forward must be seq or layer, got {forward!r}")
         with tempfile.TemporaryDirectory() as d:
-            seconds, state = run_setting(cfg, threads, workers, args.steps, d)
+            seconds, state = run_setting(cfg, threads, workers, args.steps, d, layerwise=forward == "layer")
         same = None
-        if threads in weights:
-            same = all(torch.equal(state[k], v) for k, v in weights[threads].items())
-        weights.setdefault(threads, state)
-        runs.append({"threads": threads, "data_workers": workers, "seconds": seconds,
-                     "sec_per_step": seconds / args.steps,
-                     "frames_per_s": frames / seconds, "identical_weights_to_first_with_these_threads": same})
+        if (threads, forward) in weights:
+            same = all(torch.equal(state[k], v) for k, v in weights[threads, forward].items())
+        weights.setdefault((threads, forward), state)
+        run = {"threads": threads, "data_workers": workers, "forward": forward, "seconds": seconds,
+               "sec_per_step": seconds / args.steps, "frames_per_s": frames / seconds,
+               "identical_weights_to_first_with_these_threads": same}
+        if forward == "layer" and (threads, "seq") in weights:
+            ref = weights[threads, "seq"]
+            run["max_rel_weight_diff_vs_seq"] = max(((state[k] - v).abs().max() / v.abs().max().clamp_min(1e-12)).item()
+                                                    for k, v in ref.items() if v.is_floating_point())
+        runs.append(run)
         print(json.dumps(runs[-1]), flush=True)
     base = runs[0]["seconds"]
     for r in runs:

@@ -1,6 +1,8 @@
 """The training forward computes the inference engine's function: teacher-forced answer log-probs equal
 `vxl.LLM(...).generate`'s (fp32, 1e-4) on a random small demo-layout model, for fixed ratios with partial
-windows and carried remainders; per-window ratios match an independent float64 step-by-step reference."""
+windows and carried remainders; per-window ratios match an independent float64 step-by-step reference.
+Both encoders (window after window, and every window of a layer at once) are checked, and against each
+other (kept K/V and gradients)."""
 from __future__ import annotations
 
 import math
@@ -13,7 +15,7 @@ from vxl.model.tiny import save_checkpoint
 from vxl.train.arch import DemoArch, build_demo_model
 from vxl.train.batch import answer_ids, batch_logits, make_batch, split_prompt
 from vxl.train.data import make_sample
-from vxl.train.forward import encode_video, text_logits, window_slots
+from vxl.train.forward import encode_video, encode_video_layerwise, text_logits, window_slots
 
 # window = 3 frames x 4 tokens = 12: ratio 8 carries remainders, 5 frames leave a partial window
 ARCH = DemoArch(hidden_size=48, num_layers=2, num_heads=6, num_kv_heads=2, intermediate_size=64,
@@ -42,8 +44,9 @@ def demo_like(tmp_path_factory):
     return loaded, str(path)
 
 
+@pytest.mark.parametrize("layerwise", [False, True])
 @pytest.mark.parametrize("ratio,num_frames", [(2, 7), (8, 5), (12, 9), (16, 10)])
-def test_training_forward_equals_engine(demo_like, ratio, num_frames):
+def test_training_forward_equals_engine(demo_like, ratio, num_frames, layerwise):
     loaded, path = demo_like
     tok = loaded.tokenizer
     eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
@@ -52,7 +55,7 @@ def test_training_forward_equals_engine(demo_like, ratio, num_frames):
     num_windows = -(-num_frames * ARCH.tokens_per_frame // loaded.config.beacon_window)
     batch = make_batch(samples, tok, loaded.image_processor, eos, pad, [ratio] * num_windows)
     with torch.no_grad():
-        train_lp = torch.log_softmax(batch_logits(loaded.model, batch).double(), -1)
+        train_lp = torch.log_softmax(batch_logits(loaded.model, batch, layerwise).double(), -1)
     requests = []           # teacher forcing: the answer's first j tokens go into the prompt
     for sample in samples:
         for qa in sample.qas:
@@ -117,7 +120,8 @@ def reference_logits(model, prefix, visual, ratios, text):
     return step(emb[text], torch.zeros(len(text), dtype=torch.bool), torch.ones(len(text), dtype=torch.bool))
 
 
-def test_per_window_ratios_match_float64_reference(demo_like):
+@pytest.mark.parametrize("encode", [encode_video, encode_video_layerwise])
+def test_per_window_ratios_match_float64_reference(demo_like, encode):
     loaded, _ = demo_like
     model, gen = loaded.model, torch.Generator().manual_seed(5)
     visual = torch.randn(2, 58, ARCH.hidden_size, generator=gen)      # windows 12 x 4 + 10
@@ -125,10 +129,44 @@ def test_per_window_ratios_match_float64_reference(demo_like):
     prefix = torch.randint(0, 400, (5,), generator=gen)
     text = torch.randint(0, 400, (2, 7), generator=gen)
     with torch.no_grad():
-        got = text_logits(model, encode_video(model, prefix, visual, ratios), text, torch.tensor([0, 1]))
+        got = text_logits(model, encode(model, prefix, visual, ratios), text, torch.tensor([0, 1]))
     for b in range(2):
         want = reference_logits(model, prefix, visual[b], ratios, text[b])
         assert (got[b].double() - want).abs().max() < 1e-4 * want.abs().max()
+
+
+# windows of 12 tokens; 16s after a short start leave windows with no VST (skipped: nothing kept)
+@pytest.mark.parametrize("num_visual,ratios", [(58, [16, 16, 12, 16, 16]), (95, [4, 12, 16, 16, 16, 8, 16, 16]),
+                                                (7, [16]), (7, [2]), (40, [12, 8, 16, 4])])
+def test_layerwise_encoder_equals_window_after_window(demo_like, num_visual, ratios):
+    """Kept K/V (values, order, count), the text's logits and every gradient agree with encode_video."""
+    loaded, _ = demo_like
+    model, gen = loaded.model, torch.Generator().manual_seed(num_visual)
+    visual = torch.randn(3, num_visual, ARCH.hidden_size, generator=gen)
+    prefix = torch.randint(0, 400, (4,), generator=gen)
+    text = torch.randint(0, 400, (4, 6), generator=gen)
+    video_idx = torch.tensor([2, 0, 1, 2])
+    results = []
+    for encode in (encode_video, encode_video_layerwise):
+        model.zero_grad()
+        vis = visual.clone().requires_grad_(True)
+        kept = encode(model, prefix, vis, ratios)
+        logits = text_logits(model, kept, text, video_idx)
+        (logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append(([(k.detach(), v.detach()) for k, v in kept], logits.detach(), vis.grad, grads))
+    (kept_a, logits_a, vgrad_a, grads_a), (kept_b, logits_b, vgrad_b, grads_b) = results
+    close = lambda a, b: (a - b).abs().max() <= 1e-5 * max(a.abs().max(), 1e-3)
+    for (ka, va), (kb, vb) in zip(kept_a, kept_b):
+        assert ka.shape == kb.shape and close(ka, kb) and close(va, vb)
+    assert close(logits_a, logits_b)
+    # a video too short for any VST keeps nothing of itself: no gradient reaches its frames in either
+    assert (vgrad_a is None) == (vgrad_b is None) == (num_visual < min(ratios))
+    assert vgrad_a is None or close(vgrad_a, vgrad_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert close(grads_a[name], grads_b[name]), name
+    model.zero_grad()
 
 
 def test_window_slots_rule_and_refusal():

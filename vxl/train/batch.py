@@ -14,7 +14,7 @@ from vxl.config import IMAGE_TOKEN_INDEX
 from vxl.engine.inputs import prompt_ids_from_text
 from vxl.engine.preprocess import preprocess_frames
 from vxl.train.data import VideoSample
-from vxl.train.forward import Fused, encode_video, text_logits, visual_tokens
+from vxl.train.forward import Fused, encode_video, encode_video_layerwise, text_logits, visual_tokens
 
 
 @dataclass
@@ -68,15 +68,17 @@ def make_batch(samples: list[VideoSample], tokenizer, processor, eos_id: int, pa
                       torch.tensor(targets), list(ratios))
 
 
-def batch_logits(model, batch: TrainBatch) -> torch.Tensor:
-    """float32 logits [A, vocab] at the answer-predicting positions of the batch."""
+def batch_logits(model, batch: TrainBatch, layerwise: bool = False) -> torch.Tensor:
+    """float32 logits [A, vocab] at the answer-predicting positions of the batch; layerwise: encode the
+    video with encode_video_layerwise (the same function, other float rounding)."""
     visual = visual_tokens(model, batch.pixels)
     fused = Fused(model)
-    kept = encode_video(model, batch.prefix_ids, visual, batch.ratios, fused)
+    encode = encode_video_layerwise if layerwise else encode_video
+    kept = encode(model, batch.prefix_ids, visual, batch.ratios, fused)
     return text_logits(model, kept, batch.text_ids, batch.video_idx, batch.rows, fused)
 
 
-def batch_loss(model, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_loss(model, batch: TrainBatch, layerwise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean next-token cross-entropy over answer tokens, per-token correctness [A] bool)."""
-    logits = batch_logits(model, batch)
+    logits = batch_logits(model, batch, layerwise)
     return F.cross_entropy(logits, batch.targets), logits.argmax(-1) == batch.targets

@@ -169,3 +169,93 @@ def visual_tokens(model: VideoXLForCausalLM, pixels: torch.Tensor) -> torch.Tens
     """Preprocessed frames [B, F, 3, S, S] -> visual embeddings [B, F * tokens_per_frame, H]."""
     b = pixels.shape[0]
     return model.encode_frames(pixels.flatten(0, 1)).reshape(b, -1, model.config.hidden_size)
+
+
+def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: torch.Tensor,
+                           ratios: list[int], fused: Fused | None = None) -> list[KV]:
+    """encode_video's function computed layer by layer over every window at once.
+
+    A window's rows at layer l read only the layer-l K/V of earlier windows' VSTs, and those are projections
+    of the layer-l input of those windows: nothing at layer l waits for another window's layer-l output. So
+    each layer runs once on all slots (windows padded to the longest as a batch dimension), every window's
+    queries attending to [prefix + every VST's kept K/V] (visible when the VST's window is earlier) and to
+    its own slots causally: one SDPA, one set of matmuls per layer instead of one per window. Same result up
+    to float rounding; the kept K/V come out in the sequential order (prefix, then window by window)."""
+    fused = fused or Fused(model)
+    b, num_visual, hidden = visual.shape
+    dev = visual.device
+    lengths = window_lengths(num_visual, model.config.beacon_window)
+    if len(ratios) != len(lengths):
+        raise ValueError(f"{len(ratios)} ratios for {len(lengths)} windows")
+    x = model.model.embed_tokens(prefix_ids)[None].expand(b, -1, -1)
+    pos = torch.arange(len(prefix_ids), device=dev)
+    _, kept = run_layers(model, x, empty_kept(model, b, visual), pos, None, torch.ones_like(pos, dtype=torch.bool), pos,
+                         fused)
+    # the slot layout: windows that keep a VST (others leave nothing), each padded to n_max slots
+    wins, start, rem, m = [], 0, 0, len(prefix_ids)
+    for length, ratio in zip(lengths, ratios):
+        is_vst, rem = window_slots(length, ratio, rem)
+        if int(is_vst.sum()):
+            wins.append((start, length, is_vst, m))
+            m += int(is_vst.sum())
+        start += length
+    if not wins:
+        return kept
+    nw, n_max = len(wins), max(len(w[2]) for w in wins)
+    valid = torch.zeros(nw, n_max, dtype=torch.bool)
+    vst = torch.zeros(nw, n_max, dtype=torch.bool)
+    positions = torch.zeros(nw, n_max, dtype=torch.long)
+    raw_flat, raw_src = [], []
+    for i, (s, length, is_vst, m0) in enumerate(wins):
+        n = len(is_vst)
+        valid[i, :n], vst[i, :n] = True, is_vst
+        positions[i, :n] = torch.arange(m0, m0 + n)
+        raw_flat.append(i * n_max + (~is_vst).nonzero()[:, 0])
+        raw_src.append(torch.arange(s, s + length))
+    raw_flat, raw_src = torch.cat(raw_flat).to(dev), torch.cat(raw_src).to(dev)
+    flat_vst = vst.reshape(-1).to(dev)
+    vst_flat = flat_vst.nonzero()[:, 0]                       # kept order: window by window, slot order
+    beacon = model.model.beacon_embed_tokens.weight[0]
+    x = beacon.expand(b, nw * n_max, hidden).index_copy(1, raw_flat, visual[:, raw_src])
+    attn0 = model.model.layers[0].self_attn
+    nh, nkv, hd = attn0.num_heads, attn0.num_kv_heads, attn0.head_dim
+    rope = rope_tables(positions.reshape(-1).to(dev), hd, attn0.rope_theta)
+    num_vst = len(vst_flat)
+    keep_rope = rope_tables(torch.arange(len(prefix_ids), len(prefix_ids) + num_vst, device=dev), hd, attn0.rope_theta)
+    # mask [nw, n_max, P + V + n_max]: kept K/V of the prefix and of earlier windows' VSTs, own slots causally
+    vst_window = torch.arange(nw)[:, None].expand(nw, n_max).reshape(-1)[flat_vst.cpu()]
+    own = torch.ones(n_max, n_max, dtype=torch.bool).tril() & valid[:, None, :]
+    own = own | ~valid[:, :, None]             # padded rows see their whole window (no empty rows; dropped)
+    mask = torch.cat([torch.ones(nw, n_max, len(prefix_ids), dtype=torch.bool),
+                      (vst_window[None, None, :] < torch.arange(nw)[:, None, None]).expand(nw, n_max, num_vst),
+                      own], -1).to(dev)
+    mask = mask[None].expand(b, -1, -1, -1).reshape(b * nw, 1, n_max, -1)
+    slot_vst = flat_vst if bool(flat_vst.any()) else None
+    new_kept = []
+    for i, (layer, kv) in enumerate(zip(model.model.layers, kept)):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q, k_pre, v = typed_linear(h, slot_vst, fused.qkv[i], fused.beacon_qkv[i]).split(
+            [nh * hd, nkv * hd, nkv * hd], dim=-1)
+        q = rotate(q.reshape(b, -1, nh, hd), rope)
+        k_pre, v = k_pre.reshape(b, -1, nkv, hd), v.reshape(b, -1, nkv, hd)
+        k_keep = torch.cat([kv[0], rotate(k_pre[:, vst_flat], keep_rope)], 1)       # (B, P + V, nkv, hd)
+        v_keep = torch.cat([kv[1], v[:, vst_flat]], 1)
+        new_kept.append((k_keep, v_keep))
+        if i == len(model.model.layers) - 1:      # the last layer's output feeds nothing kept
+            break
+        def per_window(t):      # (B, nw * n_max, heads, hd) -> (B * nw, heads, n_max, hd)
+            return t.reshape(b * nw, n_max, t.shape[2], hd).transpose(1, 2)
+        shared = lambda t: t.transpose(1, 2)[:, None].expand(b, nw, -1, -1, -1).reshape(b * nw, nkv, -1, hd)
+        keys = torch.cat([shared(k_keep), per_window(rotate(k_pre, rope))], 2)
+        values = torch.cat([shared(v_keep), per_window(v)], 2)
+        out = F.scaled_dot_product_attention(per_window(q), keys, values, attn_mask=mask, scale=1.0 / math.sqrt(hd),
+                                             enable_gqa=True)
+        out = out.transpose(1, 2).reshape(b, nw * n_max, nh * hd)
+        if attn.beacon_o_proj is not None and slot_vst is not None:
+            out = typed_linear(out, slot_vst, (attn.o_proj.weight, None), (attn.beacon_o_proj.weight, None))
+        else:
+            out = attn.o_proj(out)
+        x = x + out
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return new_kept

@@ -61,6 +61,8 @@ class TrainConfig:
                                         # (stage 0's vision task, fresh heads) to restore detail it lost
     freeze_vision: bool = False         # end-to-end steps leave the vision tower as stage 0 (or init_from)
                                         # left it, as a pretrained CLIP; the projector still trains
+    layerwise: bool = False             # encode each layer's windows at once (forward.encode_video_layerwise):
+                                        # the same function, faster on long videos, other float rounding
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -228,7 +230,7 @@ def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: s
     for step, batch in enumerate(batches(cfg, loaded, start, end, data_workers), start):
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        loss, correct = batch_loss(model, batch)
+        loss, correct = batch_loss(model, batch, cfg.layerwise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
