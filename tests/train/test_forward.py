@@ -13,6 +13,7 @@ import torch
 from vxl import LLM, SamplingParams
 from vxl.model.tiny import save_checkpoint
 from vxl.train.arch import DemoArch, build_demo_model
+from vxl.train import batch as batch_module
 from vxl.train.batch import answer_ids, batch_logits, make_batch, split_prompt
 from vxl.train.data import make_sample
 from vxl.train.forward import encode_video, encode_video_layerwise, text_logits, window_slots
@@ -46,7 +47,8 @@ def demo_like(tmp_path_factory):
 
 @pytest.mark.parametrize("layerwise", [False, True])
 @pytest.mark.parametrize("ratio,num_frames", [(2, 7), (8, 5), (12, 9), (16, 10)])
-def test_training_forward_equals_engine(demo_like, ratio, num_frames, layerwise):
+def test_training_forward_equals_engine(demo_like, ratio, num_frames, layerwise, monkeypatch):
+    monkeypatch.setattr(batch_module, "LAYERWISE_MIN_WINDOWS", 1)      # these videos have 1-3 windows
     loaded, path = demo_like
     tok = loaded.tokenizer
     eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
@@ -194,3 +196,24 @@ def test_gradients_reach_every_trained_part(demo_like):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     model.zero_grad()
+
+
+def test_layerwise_option_encodes_only_long_videos_layerwise(demo_like, monkeypatch):
+    loaded, _ = demo_like
+    tok = loaded.tokenizer
+    used = []
+    for name in ("encode_video", "encode_video_layerwise"):
+        real = getattr(batch_module, name)
+        monkeypatch.setattr(batch_module, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a))
+    window_frames = loaded.config.beacon_window // ARCH.tokens_per_frame
+    for frames in (window_frames * (batch_module.LAYERWISE_MIN_WINDOWS - 1),
+                   window_frames * batch_module.LAYERWISE_MIN_WINDOWS):
+        samples = [make_sample("counting", frames, [12, frames], ARCH.image_size)]
+        num_windows = frames // window_frames
+        batch = make_batch(samples, tok, loaded.image_processor, tok.convert_tokens_to_ids("<|im_end|>"),
+                           tok.convert_tokens_to_ids("<|endoftext|>"), [4] * num_windows)
+        with torch.no_grad():
+            lw = batch_logits(loaded.model, batch, layerwise=True)
+            seq = batch_logits(loaded.model, batch)
+        assert (lw - seq).abs().max() <= 1e-4 * seq.abs().max()
+    assert used == ["encode_video", "encode_video", "encode_video_layerwise", "encode_video"]

@@ -61,7 +61,7 @@ class TrainConfig:
                                         # (stage 0's vision task, fresh heads) to restore detail it lost
     freeze_vision: bool = False         # end-to-end steps leave the vision tower as stage 0 (or init_from)
                                         # left it, as a pretrained CLIP; the projector still trains
-    layerwise: bool = False             # encode each layer's windows at once (forward.encode_video_layerwise):
+    layerwise: bool = False             # encode long videos a layer at a time (forward.encode_video_layerwise):
                                         # the same function, faster on long videos, other float rounding
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

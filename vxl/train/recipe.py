@@ -19,6 +19,17 @@ training wears away:
    (bench/results/demo_fast3_accuracy.md): counting 35-50% at 16-2048 frames (was 22.5-47.5%), ordering at
    2048 frames 73.8% (was 66.2%), retrieval at ratio 2 on 1024 frames 90.0% (was 81.2%); 10.7 minutes more.
 
+`keyed` (an experiment, 2 threads; `--layerwise`, so its long videos train faster, with other float
+rounding) keeps fast's stages 1-2 and its long stage 3, and spends the rest on the colour filter that
+counting needs (bench/results/demo_counting_experiment.md):
+
+1-2. fast's stages 1-2;
+3. fast's stage 4 (300 counting-heavy steps on videos of 8 to 128 frames);
+4. 1500 steps on videos of 8 to 64 frames (0.45 / 0.1 / 0.45), 60% of retrieval videos keyed ("What
+   shape was the red object?"), lr 5e-4: the filter forms here;
+5. fast's stage 3 (700 steps on 8 to 512 frames, 0.35 / 0.15 / 0.5, lr 3e-4) with half the retrieval
+   videos keyed: carries ordering to long videos and keeps the filter.
+
 `nine` (the model shipped before, one thread by default, about 150 minutes) trains the vision tower end to
 end and so retrains it alone three times:
 
@@ -69,6 +80,21 @@ FAST: list[Stage] = [
                "--task-weights", "0.3", "0.15", "0.55"], None),
 ]
 
+# the fast recipe's stages 1-2, then colour-keyed training (the filter counting needs), then fast3's long stage
+# last, all with the layerwise training forward
+LAYERWISE = ["--layerwise"]
+KEYED: list[Stage] = [
+    ("keyed1", [*FAST[0][1], *LAYERWISE], FAST[0][2]),
+    ("keyed2", [*FAST[1][1], *LAYERWISE], None),
+    ("keyed3", ["--seed", "301", "--steps", "300", *FROZEN, *FLAT, "--max-frames", "128", "--uniform-ratio-prob", "0.8",
+                "--lr", "5e-4", "--warmup-steps", "20", "--task-weights", "0.15", "0.1", "0.75", *LAYERWISE], None),
+    ("keyed4", ["--seed", "904", "--steps", "1500", *FROZEN, *FLAT, "--max-frames", "64", "--uniform-ratio-prob", "0.8",
+                "--lr", "5e-4", "--warmup-steps", "20", "--task-weights", "0.45", "0.1", "0.45", "--keyed-prob", "0.6",
+                *LAYERWISE], None),
+    ("keyed5", ["--seed", "81", "--steps", "700", *FROZEN, *FLAT, *LONG, "--lr", "3e-4", "--warmup-steps", "20",
+                "--task-weights", "0.35", "0.15", "0.5", "--keyed-prob", "0.5", *LAYERWISE], None),
+]
+
 NINE: list[Stage] = [
     ("stage1", ["--seed", "0"], 1250),
     ("stage2", ["--seed", "21", "--steps", "1400", *FLAT, "--lr", "5e-4",
@@ -92,7 +118,7 @@ NINE: list[Stage] = [
 ]
 
 # name -> (stages, the thread count its committed run used: float rounding, hence the weights, depend on it)
-RECIPES: dict[str, tuple[list[Stage], int]] = {"fast": (FAST, 2), "nine": (NINE, 1)}
+RECIPES: dict[str, tuple[list[Stage], int]] = {"fast": (FAST, 2), "nine": (NINE, 1), "keyed": (KEYED, 2)}
 SHIPPED = "fast"
 STAGES = RECIPES[SHIPPED][0]
 
