@@ -48,13 +48,14 @@ def test_recipe_chains_stages_and_exports(tmp_path, monkeypatch):
 
 
 def test_recipes_start_from_scratch_and_chain():
-    assert STAGES is RECIPES[SHIPPED][0] and SHIPPED == "fast"
+    assert STAGES is RECIPES[SHIPPED][0] and SHIPPED == "keyed"
     for stages, threads in RECIPES.values():
         assert "--init-from" not in " ".join(a for _, args, _ in stages for a in args)
         assert stages[0][2] is not None and stages[-1][2] is None and threads in (1, 2)
     assert len(RECIPES["nine"][0]) == 9
-    # the fast recipe never trains the vision tower end to end
-    assert all("--freeze-vision" in args for _, args, _ in RECIPES["fast"][0])
+    # the fast and keyed recipes never train the vision tower end to end
+    for name in ("fast", "keyed"):
+        assert all("--freeze-vision" in args for _, args, _ in RECIPES[name][0]), name
 
 
 def test_recipes_match_the_committed_stage_configs():
@@ -84,4 +85,4 @@ def test_recipe_command_runs_the_chosen_recipe_with_its_thread_count(tmp_path, m
         (out, export, threads, stages, data_workers)))
     main(["--out-dir", str(tmp_path), "--recipe", "nine"])
     main(["--out-dir", str(tmp_path), "--export", "e", "--num-threads", "1", "--data-workers", "1"])
-    assert seen == [(str(tmp_path), None, 1, RECIPES["nine"][0], 0), (str(tmp_path), "e", 1, RECIPES["fast"][0], 1)]
+    assert seen == [(str(tmp_path), None, 1, RECIPES["nine"][0], 0), (str(tmp_path), "e", 1, RECIPES["keyed"][0], 1)]
