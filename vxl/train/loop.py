@@ -62,7 +62,7 @@ class TrainConfig:
     freeze_vision: bool = False         # end-to-end steps leave the vision tower as stage 0 (or init_from)
                                         # left it, as a pretrained CLIP; the projector still trains
     layerwise: bool = False             # encode long videos a layer at a time (forward.encode_video_layerwise):
-                                        # the same function, faster on long videos, other float rounding
+                                        # the same function, other float rounding
     arch: DemoArch = field(default_factory=DemoArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
