@@ -8,7 +8,8 @@ picks the training forward: `seq` (window after window, vxl.train.forward.encode
 its weights are compared with the first `seq` run of its thread count: the L2 norm of the difference of
 all weights over the L2 norm of the weights).
 
-    python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1 2,0,layer] [--out bench/results/train_speed_cpu.json]
+    python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1 2,0,layer]
+                                [--out bench/results/train_speed_cpu.json]
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import torch
 from bench.common import env_info, write_json
 
 
-def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str, layerwise: bool = False) -> tuple[float, dict]:
+def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str,
+                layerwise: bool = False) -> tuple[float, dict]:
     """(seconds, final weights) of steps 0..steps-1 of cfg from its seed's fresh weights."""
     from vxl.train.arch import build_demo_model
     from vxl.train.loop import TrainConfig, run_steps
