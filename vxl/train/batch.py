@@ -68,9 +68,10 @@ def make_batch(samples: list[VideoSample], tokenizer, processor, eos_id: int, pa
                       torch.tensor(targets), list(ratios))
 
 
-# below this many windows the layerwise encoder is no faster on 2 cores (2 threads, random per-window ratios,
-# layerwise vs window after window, median of 4: 64 frames (6 windows) 0.55 vs 0.53 s a step, 256 frames
-# (22 windows) 0.66 vs 0.78 s; over whole steps of videos up to 512 frames bench.train_speed measured 1.03-1.07x)
+# below this many windows the layerwise encoder was no faster on 2 cores in a one-off timing (not a committed
+# benchmark: 2 threads, random per-window ratios, layerwise vs window after window, median of 4: 64 frames
+# (6 windows) 0.55 vs 0.53 s a step, 256 frames (22 windows) 0.66 vs 0.78 s); over whole steps of videos of up
+# to 512 frames, bench.train_speed measured 1.03-1.07x (results/train_speed_layerwise_cpu.json)
 LAYERWISE_MIN_WINDOWS = 16
 
 

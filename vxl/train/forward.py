@@ -83,13 +83,19 @@ def layer_forward(layer, x: torch.Tensor, kept: KV, rope: tuple, mask: torch.Ten
     values = torch.cat([kept[1], v], 1).transpose(1, 2)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
                                          scale=1.0 / math.sqrt(hd), enable_gqa=True)
-    out = out.transpose(1, 2).reshape(b, n, nh * hd)                     # (B, n, nh*hd)
+    return layer_tail(layer, x, out.transpose(1, 2).reshape(b, n, nh * hd), is_vst), k_pre, v
+
+
+def layer_tail(layer, x: torch.Tensor, attn_out: torch.Tensor, is_vst: torch.Tensor | None) -> torch.Tensor:
+    """The rest of a decoder layer after attention: x [B, n, H] plus the (typed) output projection of
+    attn_out [B, n, heads * hd], then the MLP block."""
+    attn = layer.self_attn
     if attn.beacon_o_proj is not None and is_vst is not None:
-        out = typed_linear(out, is_vst, (attn.o_proj.weight, None), (attn.beacon_o_proj.weight, None))
+        out = typed_linear(attn_out, is_vst, (attn.o_proj.weight, None), (attn.beacon_o_proj.weight, None))
     else:
-        out = attn.o_proj(out)
+        out = attn.o_proj(attn_out)
     x = x + out
-    return x + layer.mlp(layer.post_attention_layernorm(x)), k_pre, v
+    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
 def run_layers(model: VideoXLForCausalLM, x: torch.Tensor, kept: list[KV], positions: torch.Tensor,
@@ -122,11 +128,10 @@ def empty_kept(model: VideoXLForCausalLM, batch: int, like: torch.Tensor) -> lis
     return [(z, z) for _ in model.model.layers]
 
 
-def encode_video(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: torch.Tensor,
-                 ratios: list[int], fused: Fused | None = None) -> list[KV]:
-    """Kept K/V after the prefix (all kept) and every window of visual [B, V, H] (VSTs kept only).
-    ratios: one per window (len = number of windows of beacon_window tokens)."""
-    fused = fused or Fused(model)
+def encode_prefix(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: torch.Tensor, ratios: list[int],
+                  fused: Fused) -> tuple[list[int], list[KV]]:
+    """(window lengths of visual [B, V, H], kept K/V after the prefix), refusing a ratio count that is not
+    one per window."""
     b, num_visual, _ = visual.shape
     lengths = window_lengths(num_visual, model.config.beacon_window)
     if len(ratios) != len(lengths):
@@ -135,6 +140,16 @@ def encode_video(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: to
     pos = torch.arange(len(prefix_ids), device=visual.device)
     _, kept = run_layers(model, x, empty_kept(model, b, visual), pos, None, torch.ones_like(pos, dtype=torch.bool), pos,
                          fused)
+    return lengths, kept
+
+
+def encode_video(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: torch.Tensor,
+                 ratios: list[int], fused: Fused | None = None) -> list[KV]:
+    """Kept K/V after the prefix (all kept) and every window of visual [B, V, H] (VSTs kept only).
+    ratios: one per window (len = number of windows of beacon_window tokens)."""
+    fused = fused or Fused(model)
+    b = visual.shape[0]
+    lengths, kept = encode_prefix(model, prefix_ids, visual, ratios, fused)
     start, rem = 0, 0
     beacon = model.model.beacon_embed_tokens.weight[0]
     for length, ratio in zip(lengths, ratios):
@@ -182,15 +197,9 @@ def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, 
     its own slots causally: one SDPA, one set of matmuls per layer instead of one per window. Same result up
     to float rounding; the kept K/V come out in the sequential order (prefix, then window by window)."""
     fused = fused or Fused(model)
-    b, num_visual, hidden = visual.shape
+    b, _, hidden = visual.shape
     dev = visual.device
-    lengths = window_lengths(num_visual, model.config.beacon_window)
-    if len(ratios) != len(lengths):
-        raise ValueError(f"{len(ratios)} ratios for {len(lengths)} windows")
-    x = model.model.embed_tokens(prefix_ids)[None].expand(b, -1, -1)
-    pos = torch.arange(len(prefix_ids), device=dev)
-    _, kept = run_layers(model, x, empty_kept(model, b, visual), pos, None, torch.ones_like(pos, dtype=torch.bool), pos,
-                         fused)
+    lengths, kept = encode_prefix(model, prefix_ids, visual, ratios, fused)
     # the slot layout: windows that keep a VST (others leave nothing), each padded to n_max slots
     wins, start, rem, m = [], 0, 0, len(prefix_ids)
     for length, ratio in zip(lengths, ratios):
@@ -223,7 +232,7 @@ def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, 
     num_vst = len(vst_flat)
     keep_rope = rope_tables(torch.arange(len(prefix_ids), len(prefix_ids) + num_vst, device=dev), hd, attn0.rope_theta)
     # mask [nw, n_max, P + V + n_max]: kept K/V of the prefix and of earlier windows' VSTs, own slots causally
-    vst_window = torch.arange(nw)[:, None].expand(nw, n_max).reshape(-1)[flat_vst.cpu()]
+    vst_window = torch.arange(nw)[:, None].expand(nw, n_max)[vst]
     own = torch.ones(n_max, n_max, dtype=torch.bool).tril() & valid[:, None, :]
     own = own | ~valid[:, :, None]             # padded rows see their whole window (no empty rows; dropped)
     mask = torch.cat([torch.ones(nw, n_max, len(prefix_ids), dtype=torch.bool),
@@ -231,9 +240,15 @@ def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, 
                       own], -1).to(dev)
     mask = mask[None].expand(b, -1, -1, -1).reshape(b * nw, 1, n_max, -1)
     slot_vst = flat_vst if bool(flat_vst.any()) else None
+
+    def per_window(t):      # (B, nw * n_max, heads, hd) -> (B * nw, heads, n_max, hd)
+        return t.reshape(b * nw, n_max, t.shape[2], hd).transpose(1, 2)
+
+    def shared(t):          # kept (B, P + V, nkv, hd) -> (B * nw, nkv, P + V, hd), the same for every window
+        return t.transpose(1, 2)[:, None].expand(b, nw, -1, -1, -1).reshape(b * nw, nkv, -1, hd)
+
     new_kept = []
     for i, (layer, kv) in enumerate(zip(model.model.layers, kept)):
-        attn = layer.self_attn
         h = layer.input_layernorm(x)
         q, k_pre, v = typed_linear(h, slot_vst, fused.qkv[i], fused.beacon_qkv[i]).split(
             [nh * hd, nkv * hd, nkv * hd], dim=-1)
@@ -244,18 +259,9 @@ def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, 
         new_kept.append((k_keep, v_keep))
         if i == len(model.model.layers) - 1:      # the last layer's output feeds nothing kept
             break
-        def per_window(t):      # (B, nw * n_max, heads, hd) -> (B * nw, heads, n_max, hd)
-            return t.reshape(b * nw, n_max, t.shape[2], hd).transpose(1, 2)
-        shared = lambda t: t.transpose(1, 2)[:, None].expand(b, nw, -1, -1, -1).reshape(b * nw, nkv, -1, hd)
         keys = torch.cat([shared(k_keep), per_window(rotate(k_pre, rope))], 2)
         values = torch.cat([shared(v_keep), per_window(v)], 2)
         out = F.scaled_dot_product_attention(per_window(q), keys, values, attn_mask=mask, scale=1.0 / math.sqrt(hd),
                                              enable_gqa=True)
-        out = out.transpose(1, 2).reshape(b, nw * n_max, nh * hd)
-        if attn.beacon_o_proj is not None and slot_vst is not None:
-            out = typed_linear(out, slot_vst, (attn.o_proj.weight, None), (attn.beacon_o_proj.weight, None))
-        else:
-            out = attn.o_proj(out)
-        x = x + out
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = layer_tail(layer, x, out.transpose(1, 2).reshape(b, nw * n_max, nh * hd), slot_vst)
     return new_kept

@@ -84,19 +84,17 @@ FAST: list[Stage] = [
                "--task-weights", "0.3", "0.15", "0.55"], None),
 ]
 
-# the fast recipe's stages 1-2, then colour-keyed training (the filter counting needs), then fast3's long stage
-# last, all with the layerwise training forward
+# the fast recipe's stages 1-2 and 4 (counting), then colour-keyed training (the filter counting needs), then
+# fast3's long stage last with keyed questions, all with the layerwise training forward
 LAYERWISE = ["--layerwise"]
 KEYED: list[Stage] = [
     ("keyed1", [*FAST[0][1], *LAYERWISE], FAST[0][2]),
     ("keyed2", [*FAST[1][1], *LAYERWISE], None),
-    ("keyed3", ["--seed", "301", "--steps", "300", *FROZEN, *FLAT, "--max-frames", "128", "--uniform-ratio-prob", "0.8",
-                "--lr", "5e-4", "--warmup-steps", "20", "--task-weights", "0.15", "0.1", "0.75", *LAYERWISE], None),
+    ("keyed3", [*FAST[3][1], *LAYERWISE], None),
     ("keyed4", ["--seed", "904", "--steps", "1500", *FROZEN, *FLAT, "--max-frames", "64", "--uniform-ratio-prob", "0.8",
                 "--lr", "5e-4", "--warmup-steps", "20", "--task-weights", "0.45", "0.1", "0.45", "--keyed-prob", "0.6",
                 *LAYERWISE], None),
-    ("keyed5", ["--seed", "81", "--steps", "700", *FROZEN, *FLAT, *LONG, "--lr", "3e-4", "--warmup-steps", "20",
-                "--task-weights", "0.35", "0.15", "0.5", "--keyed-prob", "0.5", *LAYERWISE], None),
+    ("keyed5", [*FAST[2][1], "--keyed-prob", "0.5", *LAYERWISE], None),
 ]
 
 NINE: list[Stage] = [
