@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vxl.train.render import COLOURS, DIGITS, SHAPES, Thing, background, draw_thing, to_uint8
+from vxl.train.render import COLOURS, DIGITS, SHAPES, Thing, card, draw_background, render_video
 
 TASKS = ("retrieval", "ordering", "counting")
 LETTERS = "ABCD"
@@ -209,9 +209,8 @@ def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: flo
     events = sorted(events, key=lambda e: e[0])
     # counting counts frames: its things are never stretched
     spans = stretch(rng, [e[0] for e in events], num_frames, cover if task != "counting" else 0.0)
-    frames = background(rng, num_frames, size)
-    for (start, length), (_, thing) in zip(spans, events):
-        look = int(rng.integers(2**31))        # the same size, place and tint on every frame of the event
-        for idx in range(start, start + length):
-            draw_thing(np.random.default_rng(look), frames[idx], thing)
-    return VideoSample(to_uint8(frames), task, qas, [(s, n, t) for (s, n), (_, t) in zip(spans, events)])
+    bg = draw_background(rng, num_frames, size)
+    # the same size, place and tint on every frame of an event
+    cards = [(start, length, card(int(rng.integers(2**31)), thing, size))
+             for (start, length), (_, thing) in zip(spans, events)]
+    return VideoSample(render_video(bg, cards), task, qas, [(s, n, t) for (s, n), (_, t) in zip(spans, events)])

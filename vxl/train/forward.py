@@ -67,10 +67,16 @@ def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The float mask SDPA makes of a boolean one (0 where allowed, -inf elsewhere), made once: SDPA would
+    convert a boolean mask again in every layer's forward and backward. The same attention bit for bit."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
 def layer_forward(layer, x: torch.Tensor, kept: KV, rope: tuple, mask: torch.Tensor, is_vst: torch.Tensor | None,
                   qkv: tuple, beacon_qkv: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decoder layer on slots x [B, n, H] attending to kept (k, v) [B, M, nkv, hd] (all visible) and
-    to themselves causally (mask [n, M + n]), RoPE tables `rope` of the slots' positions. Returns
+    to themselves causally (additive mask [n, M + n]), RoPE tables `rope` of the slots' positions. Returns
     (x out, k before RoPE, v) of the slots, each [B, n, nkv, hd] for k/v."""
     attn = layer.self_attn
     nh, nkv, hd = attn.num_heads, attn.num_kv_heads, attn.head_dim
@@ -111,6 +117,7 @@ def run_layers(model: VideoXLForCausalLM, x: torch.Tensor, kept: list[KV], posit
     keep_rope = None if keep is None else rope_tables(kept_positions, attn.head_dim, attn.rope_theta)
     mask = torch.ones(n, m + n, dtype=torch.bool, device=x.device)
     mask[:, m:] = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+    mask = additive_mask(mask, x.dtype)
     new_kept = []
     for i, (layer, kv) in enumerate(zip(model.model.layers, kept)):
         x, k_pre, v = layer_forward(layer, x, kv, rope, mask, is_vst, fused.qkv[i], fused.beacon_qkv[i])
@@ -238,14 +245,19 @@ def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, 
     mask = torch.cat([torch.ones(nw, n_max, len(prefix_ids), dtype=torch.bool),
                       (vst_window[None, None, :] < torch.arange(nw)[:, None, None]).expand(nw, n_max, num_vst),
                       own], -1).to(dev)
-    mask = mask[None].expand(b, -1, -1, -1).reshape(b * nw, 1, n_max, -1)
+    mask = additive_mask(mask, x.dtype)[None].expand(b, -1, -1, -1).reshape(b * nw, 1, n_max, -1)
     slot_vst = flat_vst if bool(flat_vst.any()) else None
 
     def per_window(t):      # (B, nw * n_max, heads, hd) -> (B * nw, heads, n_max, hd)
         return t.reshape(b * nw, n_max, t.shape[2], hd).transpose(1, 2)
 
-    def shared(t):          # kept (B, P + V, nkv, hd) -> (B * nw, nkv, P + V, hd), the same for every window
-        return t.transpose(1, 2)[:, None].expand(b, nw, -1, -1, -1).reshape(b * nw, nkv, -1, hd)
+    def with_kept(kept_t, own):   # kept (B, P + V, nkv, hd), the same for every window, then each window's own
+        # slots (B, nw * n_max, nkv, hd) -> (B * nw, nkv, P + V + n_max, hd), written once into one buffer
+        pv = kept_t.shape[1]
+        out = kept_t.new_empty(b, nw, pv + n_max, nkv, hd)      # slot-major like kept: block copies
+        out[:, :, :pv] = kept_t[:, None]
+        out[:, :, pv:] = own.reshape(b, nw, n_max, nkv, hd)
+        return out.reshape(b * nw, pv + n_max, nkv, hd).transpose(1, 2)
 
     new_kept = []
     for i, (layer, kv) in enumerate(zip(model.model.layers, kept)):
@@ -259,8 +271,7 @@ def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, 
         new_kept.append((k_keep, v_keep))
         if i == len(model.model.layers) - 1:      # the last layer's output feeds nothing kept
             break
-        keys = torch.cat([shared(k_keep), per_window(rotate(k_pre, rope))], 2)
-        values = torch.cat([shared(v_keep), per_window(v)], 2)
+        keys, values = with_kept(k_keep, rotate(k_pre, rope)), with_kept(v_keep, v)
         out = F.scaled_dot_product_attention(per_window(q), keys, values, attn_mask=mask, scale=1.0 / math.sqrt(hd),
                                              enable_gqa=True)
         x = layer_tail(layer, x, out.transpose(1, 2).reshape(b, nw * n_max, nh * hd), slot_vst)

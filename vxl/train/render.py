@@ -5,6 +5,7 @@ and a numpy Generator.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,14 +28,43 @@ class Thing:
     digit: str | None = None
 
 
+@functools.lru_cache(maxsize=8)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres (yy, xx), float32 [S, S] each, read-only (made once per size)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    return yy + 0.5, xx + 0.5
+    yy, xx = yy + 0.5, xx + 0.5
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
 
 
-def background(rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
-    """float32 [T, S, S, 3]: a two-colour gradient that sways over time, a fixed coarse texture,
-    per-frame flicker and 1-3 grey blobs bouncing around; all dull so needles stand out."""
+@dataclass
+class Blob:
+    """A grey disc bouncing across the frames: its radius, its centre on every frame (float32 [T, 2]) and
+    its grey level."""
+    radius: float
+    pos: np.ndarray
+    value: float
+
+
+@dataclass
+class Background:
+    """The random draws of one background (`draw_background`); `render_background` paints any run of its
+    frames. Frames are float64: the gradient's weights are (float32 + float64 projection)."""
+    base: np.ndarray        # float64 [S, S]: 0.5 + the gradient's projection
+    sway: np.ndarray        # float32 [T]
+    delta: np.ndarray       # float32 [3]: c1 - c0
+    texture: np.ndarray     # float32 [S, S, 3]: c0 + the coarse texture
+    flicker: np.ndarray     # float32 [T]
+    blobs: list[Blob]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.sway)
+
+
+def draw_background(rng: np.random.Generator, num_frames: int, size: int) -> Background:
+    """The draws of a background of num_frames frames: a two-colour gradient that sways over time, a fixed
+    coarse texture, per-frame flicker and 1-3 grey blobs bouncing around; all dull so needles stand out."""
     yy, xx = _grid(size)
     c0 = (rng.uniform(20, 130) + rng.uniform(-15, 15, 3)).astype(np.float32)
     c1 = (rng.uniform(20, 130) + rng.uniform(-15, 15, 3)).astype(np.float32)
@@ -45,27 +75,45 @@ def background(rng: np.random.Generator, num_frames: int, size: int) -> np.ndarr
     cell = size // 8
     texture = rng.normal(0, 6, (8, 8, 3)).astype(np.float32).repeat(cell, 0).repeat(cell, 1)
     flicker = rng.normal(0, 2.5, num_frames).astype(np.float32)
-    w = np.clip(0.5 + proj[None] + sway[:, None, None].astype(np.float32), 0, 1)           # (T, S, S)
-    frames = w[..., None] * (c1 - c0)                                                     # (T, S, S, 3)
-    frames += (c0 + texture)[None]
-    frames += flicker[:, None, None, None]
-    for _ in range(int(rng.integers(1, 4))):
-        _blob(rng, frames, t, yy[:, 0], xx[0])
-    return frames
+    blobs = [_draw_blob(rng, t, size) for _ in range(int(rng.integers(1, 4)))]
+    return Background(0.5 + proj, sway.astype(np.float32), c1 - c0, c0 + texture, flicker, blobs)
 
 
-def _blob(rng, frames: np.ndarray, t: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
-    """Draw in place a grey disc bouncing across the frames [T, S, S, 3]."""
-    size = len(ys)
+def _draw_blob(rng: np.random.Generator, t: np.ndarray, size: int) -> Blob:
     radius = rng.uniform(4, 9)
     start, vel = rng.uniform(0, size, 2), rng.uniform(-1.5, 1.5, 2)
     span = size - 2 * radius
     pos = (start[None] + vel[None] * t[:, None]) % (2 * span)
     pos = (radius + np.where(pos > span, 2 * span - pos, pos)).astype(np.float32)  # (T, 2): bounce
-    dy2 = (ys[None] - pos[:, :1]) ** 2                                          # (T, S)
-    dx2 = (xs[None] - pos[:, 1:]) ** 2
-    mask = dy2[:, :, None] + dx2[:, None, :] <= radius ** 2                     # (T, S, S)
-    frames[mask] = rng.uniform(40, 140)
+    return Blob(radius, pos, rng.uniform(40, 140))
+
+
+def render_background(bg: Background, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    """float64 [stop - start, S, S, 3]: frames start..stop-1 of `bg` (into `out` when given). Every value
+    is the same whichever run of frames is painted."""
+    size = bg.base.shape[0]
+    if out is None:
+        out = np.empty((stop - start, size, size, 3))
+    w = bg.base[None] + bg.sway[start:stop, None, None]                                   # (n, S, S)
+    np.clip(w, 0, 1, out=w)
+    for c in range(3):      # channel by channel: numpy is slow broadcasting over an inner axis of 3
+        np.multiply(w, bg.delta[c], out=out[..., c])
+    out += bg.texture[None]
+    out += bg.flicker[start:stop, None, None, None]
+    coords = np.arange(size, dtype=np.float32) + 0.5
+    for blob in bg.blobs:
+        dy2 = (coords[None] - blob.pos[start:stop, :1]) ** 2                              # (n, S)
+        dx2 = (coords[None] - blob.pos[start:stop, 1:]) ** 2
+        mask = dy2[:, :, None] + dx2[:, None, :] <= blob.radius ** 2                      # (n, S, S)
+        for c in range(3):
+            np.copyto(out[..., c], blob.value, where=mask)
+    return out
+
+
+def background(rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
+    """float64 [T, S, S, 3]: every frame of a background drawn by `draw_background`."""
+    bg = draw_background(rng, num_frames, size)
+    return render_background(bg, 0, num_frames)
 
 
 def shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -121,7 +169,40 @@ def draw_thing(rng: np.random.Generator, frame: np.ndarray, thing: Thing) -> Non
     frame[mask] = rng.uniform(10, 40)
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Round and saturate float frames (in place) to uint8."""
+def to_uint8(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Round and saturate float frames (in place) to uint8 (into `out` when given)."""
     frames += 0.5
-    return np.clip(frames, 0, 255, out=frames).astype(np.uint8)
+    np.clip(frames, 0, 255, out=frames)
+    if out is None:
+        return frames.astype(np.uint8)
+    out[...] = frames
+    return out
+
+
+CHUNK_FRAMES = 16      # frames painted at a time: float64 work buffers of 1.5 MB at 64 px, held in cache
+
+
+def render_video(bg: Background, cards: list[tuple[int, int, np.ndarray]]) -> np.ndarray:
+    """uint8 [T, S, S, 3]: the background `bg` with each card frame (float [S, S, 3], from `card`) over
+    frames first..first+length-1 of its (first, length, frame) entry, later cards over earlier ones.
+    Painted CHUNK_FRAMES at a time; the same values as painting every frame at once, then to_uint8."""
+    num_frames, size = bg.num_frames, bg.base.shape[0]
+    video = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    buf = np.empty((CHUNK_FRAMES, size, size, 3))
+    for start in range(0, num_frames, CHUNK_FRAMES):
+        stop = min(start + CHUNK_FRAMES, num_frames)
+        chunk = render_background(bg, start, stop, buf[:stop - start])
+        for first, length, frame in cards:
+            lo, hi = max(first, start), min(first + length, stop)
+            if lo < hi:
+                chunk[lo - start:hi - start] = frame
+        to_uint8(chunk, video[start:stop])
+    return video
+
+
+def card(seed: int, thing: Thing, size: int) -> np.ndarray:
+    """float64 [S, S, 3]: `thing`'s card drawn by draw_thing with np.random.default_rng(seed) (a card covers
+    its whole frame, so it is the same on any background)."""
+    frame = np.empty((size, size, 3))
+    draw_thing(np.random.default_rng(seed), frame, thing)
+    return frame
