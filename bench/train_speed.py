@@ -9,7 +9,9 @@ its weights are compared with the first `seq` run of its thread count: the L2 no
 all weights over the L2 norm of the weights).
 
     python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1 2,0,layer]
-                                [--out bench/results/train_speed_cpu.json]
+                                [--out bench/results/train_speed_cpu.json] [--save-weights FILE]
+
+bench/train_speed_ab.py runs it on two commits turn about.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", nargs="+", default=["1,0", "1,1", "2,0", "2,1"],
                    help="THREADS,DATA_WORKERS pairs")
     p.add_argument("--out", default="bench/results/train_speed_cpu.json")
+    p.add_argument("--save-weights", default=None, help="save the first setting's final weights here (torch.save)")
     args = p.parse_args(argv)
     from vxl.train.__main__ import parse_args
     from vxl.train.recipe import RECIPES
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         same = None
         if (threads, forward) in weights:
             same = all(torch.equal(state[k], v) for k, v in weights[threads, forward].items())
+        if args.save_weights and not runs:
+            torch.save(state, args.save_weights)
         weights.setdefault((threads, forward), state)
         run = {"threads": threads, "data_workers": workers, "forward": forward, "seconds": seconds,
                "sec_per_step": seconds / args.steps, "frames_per_s": frames / seconds,

@@ -19,7 +19,8 @@ training wears away:
    (bench/results/demo_fast3_accuracy.md): counting 35-50% at 16-2048 frames (was 22.5-47.5%), ordering at
    2048 frames 73.8% (was 66.2%), retrieval at ratio 2 on 1024 frames 90.0% (was 81.2%); 10.7 minutes more.
 
-`keyed` (the shipped model; 2 threads, 55.0 minutes logged on 2 cores, in a session where the same
+`keyed` (the shipped model; 2 threads, 55.0 minutes logged on 2 cores, 49.8 when rerun at 39d30a9 with
+faster rendering and attention masks and identical weights, in its first run in a session where the same
 computations as fast's first 610 steps ran 29% slower than when fast was logged; `--layerwise`: long videos
 train 1.03-1.07x faster, measured, with other float rounding) keeps fast's stages 1-2 and its long stage 3, and
 spends the rest on the colour filter that counting needs (bench/results/demo_counting_experiment.md):
