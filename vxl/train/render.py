@@ -100,10 +100,10 @@ def render_background(bg: Background, start: int, stop: int, out: np.ndarray | N
         np.multiply(w, bg.delta[c], out=out[..., c])
     out += bg.texture[None]
     out += bg.flicker[start:stop, None, None, None]
-    coords = np.arange(size, dtype=np.float32) + 0.5
+    yy, xx = _grid(size)
     for blob in bg.blobs:
-        dy2 = (coords[None] - blob.pos[start:stop, :1]) ** 2                              # (n, S)
-        dx2 = (coords[None] - blob.pos[start:stop, 1:]) ** 2
+        dy2 = (yy[:, 0][None] - blob.pos[start:stop, :1]) ** 2                            # (n, S)
+        dx2 = (xx[0][None] - blob.pos[start:stop, 1:]) ** 2
         mask = dy2[:, :, None] + dx2[:, None, :] <= blob.radius ** 2                      # (n, S, S)
         for c in range(3):
             np.copyto(out[..., c], blob.value, where=mask)
