@@ -6,9 +6,11 @@ changes where batches are rendered, not what they are), which is checked and rec
 picks the training forward: `seq` (window after window, vxl.train.forward.encode_video; the default) or `layer`
 (every window of a layer at once, encode_video_layerwise: the same function with other float rounding, so
 its weights are compared with the first `seq` run of its thread count: the L2 norm of the difference of
-all weights over the L2 norm of the weights).
+all weights over the L2 norm of the weights). A fourth field, RANKS, trains data-parallel in that many
+processes of THREADS threads each (vxl.train.parallel; the same function, other float rounding: compared with
+the first one-process run of the same forward).
 
-    python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1 2,0,layer]
+    python -m bench.train_speed [--recipe nine] [--stage 9] [--steps 30] [--settings 1,0 1,1 2,0 2,1 2,0,layer 1,0,layer,2]
                                 [--out bench/results/train_speed_cpu.json] [--save-weights FILE]
 
 bench/train_speed_ab.py runs it on two commits turn about.
@@ -26,14 +28,38 @@ from bench.common import env_info, write_json
 
 
 def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str,
-                layerwise: bool = False) -> tuple[float, dict]:
-    """(seconds, final weights) of steps 0..steps-1 of cfg from its seed's fresh weights."""
-    from vxl.train.arch import build_demo_model
-    from vxl.train.loop import TrainConfig, run_steps
+                layerwise: bool = False, ranks: int = 1) -> tuple[float, dict]:
+    """(seconds, final weights) of steps 0..steps-1 of cfg from its seed's fresh weights; ranks > 1 runs
+    them data-parallel in that many processes (vxl.train.parallel) and times them in the first, from
+    the moment every process is ready (process start-up is left out)."""
+    from vxl.train.loop import TrainConfig
     import dataclasses
-    import os
+    extra = {"ranks": ranks} if ranks > 1 else {}     # (runs on commits before data-parallel training too)
     cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), "out_dir": out_dir, "num_threads": threads,
-                                 "save_every": 10**9, "log_every": 10**9, "layerwise": layerwise})
+                                 "save_every": 10**9, "log_every": 10**9, "layerwise": layerwise, **extra})
+    if ranks == 1:
+        return _timed_steps(cfg, workers, steps)
+    import os
+    from vxl.train import parallel
+    result = os.path.join(out_dir, "result.pt")
+    parallel.spawn(_rank_steps, ranks, threads, cfg, steps, result)
+    seconds, state = torch.load(result, weights_only=True)
+    return seconds, state
+
+
+def _rank_steps(cfg, steps: int, result: str) -> None:
+    from vxl.train import parallel
+    parallel.barrier()
+    seconds, state = _timed_steps(cfg, 0, steps)
+    if parallel.rank() == 0:
+        torch.save((seconds, state), result)
+
+
+def _timed_steps(cfg, workers: int, steps: int) -> tuple[float, dict]:
+    from vxl.train.arch import build_demo_model
+    from vxl.train.loop import run_steps
+    import os
+    out_dir, threads = cfg.out_dir, cfg.num_threads
     torch.set_num_threads(threads)
     loaded = build_demo_model(cfg.arch, cfg.seed)
     model = loaded.model.train()
@@ -78,25 +104,36 @@ def main(argv: list[str] | None = None) -> int:
         fields = setting.split(",")
         threads, workers = int(fields[0]), int(fields[1])
         forward = fields[2] if len(fields) > 2 else "seq"
+        ranks = int(fields[3]) if len(fields) > 3 else 1
         if forward not in ("seq", "layer"):
             raise SystemExit(f"setting {setting!r}: the forward must be seq or layer, got {forward!r}")
+        if ranks > 1 and workers:
+            raise SystemExit(f"setting {setting!r}: data workers serve a single process, not {ranks} ranks")
         with tempfile.TemporaryDirectory() as d:
-            seconds, state = run_setting(cfg, threads, workers, args.steps, d, layerwise=forward == "layer")
+            seconds, state = run_setting(cfg, threads, workers, args.steps, d, layerwise=forward == "layer",
+                                         ranks=ranks)
         same = None
-        if (threads, forward) in weights:
-            same = all(torch.equal(state[k], v) for k, v in weights[threads, forward].items())
+        key = (threads, forward, ranks)
+        if key in weights:
+            same = all(torch.equal(state[k], v) for k, v in weights[key].items())
         if args.save_weights and not runs:
             torch.save(state, args.save_weights)
-        weights.setdefault((threads, forward), state)
+        weights.setdefault(key, state)
         run = {"threads": threads, "data_workers": workers, "forward": forward, "seconds": seconds,
                "sec_per_step": seconds / args.steps, "frames_per_s": frames / seconds,
                "identical_weights_to_first_with_these_threads": same}
-        if forward == "layer" and (threads, "seq") in weights:
-            ref = weights[threads, "seq"]
+        if ranks > 1:
+            run["ranks"] = ranks
+        # the reference: a one-process run of the same forward (ranks > 1), or of `seq` with these threads
+        ref_key = (next((k for k in weights if k[1] == forward and k[2] == 1), None) if ranks > 1
+                   else (threads, "seq", 1) if forward == "layer" else None)
+        if ref_key in weights:
+            ref = weights[ref_key]
+            run["weight_diff_vs"] = f"{ref_key[0]} threads, {ref_key[1]}, 1 process"
             # Adam turns rounding-sized gradient differences into lr-sized steps, so compare all weights at once
             diff = sum(float((state[k] - v).double().pow(2).sum()) for k, v in ref.items() if v.is_floating_point())
             norm = sum(float(v.double().pow(2).sum()) for v in ref.values() if v.is_floating_point())
-            run["rel_weight_diff_vs_seq"] = (diff / norm) ** 0.5
+            run["rel_weight_diff"] = (diff / norm) ** 0.5
         runs.append(run)
         print(json.dumps(runs[-1]), flush=True)
     base = runs[0]["seconds"]

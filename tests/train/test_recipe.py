@@ -47,14 +47,28 @@ def test_recipe_chains_stages_and_exports(tmp_path, monkeypatch):
     assert llm.model.tokens_per_frame == 4
 
 
+def test_recipe_chains_data_parallel_stages(tmp_path):
+    """Each stage of a recipe run with two processes resumes from the previous stage's final weights."""
+    stages = [("a", ["--seed", "0", "--steps", "2", "--hold-steps", "1", "--cover-steps", "2", "--ramp-steps", "3"], None),
+              ("b", ["--seed", "5", "--steps", "1", "--init-vision-steps", "1", "--hold-steps", "0", "--cover", "0"], None)]
+    run_recipe(str(tmp_path / "run"), str(tmp_path / "export"), num_threads=1, stages=stages, extra=SMALL, ranks=2)
+    a = torch.load(tmp_path / "run" / "a" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "b" / "state.pt", weights_only=True)
+    assert a["config"]["ranks"] == b["config"]["ranks"] == 2 and a["step"] == 2 and b["step"] == 1
+    assert b["config"]["init_from"] == str(tmp_path / "run" / "a" / "state.pt")
+    logs = [json.loads(line) for line in open(tmp_path / "run" / "b" / "log.jsonl")]
+    assert [r.get("phase") for r in logs] == ["vision", None]           # the vision retraining, then one step
+    assert LLM(str(tmp_path / "export"), device="cpu").model.tokens_per_frame == 4
+
+
 def test_recipes_start_from_scratch_and_chain():
     assert STAGES is RECIPES[SHIPPED][0] and SHIPPED == "keyed"
-    for stages, threads in RECIPES.values():
+    for stages, threads, ranks in RECIPES.values():
         assert "--init-from" not in " ".join(a for _, args, _ in stages for a in args)
         assert stages[0][2] is not None and stages[-1][2] is None and threads in (1, 2)
     assert len(RECIPES["nine"][0]) == 9
     # the fast and keyed recipes never train the vision tower end to end
-    for name in ("fast", "keyed"):
+    for name in ("fast", "keyed", "keyed-ranks"):
         assert all("--freeze-vision" in args for _, args, _ in RECIPES[name][0]), name
 
 
@@ -65,7 +79,7 @@ def test_recipes_match_the_committed_stage_configs():
 
     from vxl.train.__main__ import parse_args
     root = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results", "demo_train")
-    for stages, threads in RECIPES.values():
+    for stages, threads, ranks in RECIPES.values():
         for name, args, _ in stages:
             saved = json.load(open(os.path.join(root, f"{name}_config.json")))
             cfg, _ = parse_args(args)
@@ -73,16 +87,21 @@ def test_recipes_match_the_committed_stage_configs():
             saved = json.loads(json.dumps(asdict(type(cfg).from_dict(saved))))
             for key in ("out_dir", "init_from"):
                 ours.pop(key), saved.pop(key)
-            assert saved["num_threads"] == threads, name
-            ours.pop("num_threads"), saved.pop("num_threads")
+            assert saved["num_threads"] == threads and saved["ranks"] == ranks, name
+            for key in ("num_threads", "ranks"):
+                ours.pop(key), saved.pop(key)
             assert ours == saved, name
 
 
 def test_recipe_command_runs_the_chosen_recipe_with_its_thread_count(tmp_path, monkeypatch):
     from vxl.train import recipe
     seen = []
-    monkeypatch.setattr(recipe, "run_recipe", lambda out, export, threads, stages, data_workers: seen.append(
-        (out, export, threads, stages, data_workers)))
+    monkeypatch.setattr(recipe, "run_recipe", lambda out, export, threads, stages, data_workers, ranks: seen.append(
+        (out, export, threads, stages, data_workers, ranks)))
     main(["--out-dir", str(tmp_path), "--recipe", "nine"])
     main(["--out-dir", str(tmp_path), "--export", "e", "--num-threads", "1", "--data-workers", "1"])
-    assert seen == [(str(tmp_path), None, 1, RECIPES["nine"][0], 0), (str(tmp_path), "e", 1, RECIPES["keyed"][0], 1)]
+    main(["--out-dir", str(tmp_path), "--recipe", "keyed-ranks"])
+    main(["--out-dir", str(tmp_path), "--recipe", "keyed-ranks", "--ranks", "1", "--num-threads", "2"])
+    assert seen == [(str(tmp_path), None, 1, RECIPES["nine"][0], 0, 1), (str(tmp_path), "e", 1, RECIPES["keyed"][0], 1, 1),
+                    (str(tmp_path), None, 1, RECIPES["keyed-ranks"][0], 0, 2),
+                    (str(tmp_path), None, 2, RECIPES["keyed-ranks"][0], 0, 1)]

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vxl.engine.vst import window_lengths
 from vxl.model.tiny import save_checkpoint
+from vxl.train import parallel
 from vxl.train.arch import DemoArch, build_demo_model
-from vxl.train.batch import TrainBatch, batch_loss, make_batch
+from vxl.train.batch import TrainBatch, batch_logits, batch_loss, make_batch
 from vxl.train.data import DIGIT_PROB, TASKS, make_sample
 from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision
 
@@ -54,7 +56,9 @@ class TrainConfig:
     keyed_prob: float = 0.0             # share of retrieval videos asking the shape of the card of a named colour
     save_every: int = 50
     log_every: int = 10
-    num_threads: int = 1
+    num_threads: int = 1                # torch threads of each process
+    ranks: int = 1                      # processes splitting every batch (vxl.train.parallel): the same
+                                        # function, other float rounding
     init_from: str = ""                 # a run's state.pt or an exported checkpoint directory: start from its
                                         # weights (fresh optimizer, no stage 0)
     init_vision_steps: int = 0          # with init_from: first retrain the vision tower alone this many steps
@@ -71,6 +75,9 @@ class TrainConfig:
             raise ValueError("video lengths need 4 <= min_frames <= max_frames and hold_frames <= max_frames, got "
                              f"min_frames={self.min_frames}, hold_frames={self.hold_frames}, "
                              f"max_frames={self.max_frames}")
+        if not 1 <= self.ranks <= self.min_batch:
+            raise ValueError(f"ranks must be between 1 and min_batch ({self.min_batch}) so that every process gets "
+                             f"a video of every batch, got ranks={self.ranks}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -97,9 +104,10 @@ def frames_at(cfg: TrainConfig, step: int, rng: np.random.Generator) -> int:
     return max(4, int(rng.uniform(cfg.min_frames, longest + 1)) // 4 * 4)
 
 
-def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
+def step_batch(cfg: TrainConfig, loaded, step: int, share: tuple[int, int] = (0, 1)) -> TrainBatch:
     """The batch of step `step`: a pure function of (cfg.seed, step). `loaded` needs only .tokenizer,
-    .image_processor and .config.beacon_window (a LoadedModel, or a StepBatches)."""
+    .image_processor and .config.beacon_window (a LoadedModel, or a StepBatches). share (rank, ranks): only
+    the videos b with b % ranks == rank (the rest of the batch is not rendered)."""
     rng = np.random.default_rng([cfg.seed, step])
     num_frames = frames_at(cfg, step, rng)
     batch = int(np.clip(cfg.batch_frames // num_frames, cfg.min_batch, cfg.max_batch))
@@ -111,7 +119,7 @@ def step_batch(cfg: TrainConfig, loaded, step: int) -> TrainBatch:
     samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, cfg.open_prob, cover=cover,
                            digit_prob=cfg.digit_prob, count_every_colour=cfg.count_every_colour,
                            keyed_prob=cfg.keyed_prob)
-               for b, t in enumerate(tasks)]
+               for b, t in enumerate(tasks) if b % share[1] == share[0]]
     num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
     if cfg.uniform_ratio_prob > 0 and rng.uniform() < cfg.uniform_ratio_prob:
@@ -135,10 +143,11 @@ class StepBatches(torch.utils.data.Dataset):
 def batches(cfg: TrainConfig, loaded, start: int, end: int, data_workers: int):
     """The batches of steps start..end-1 in order. data_workers > 0 renders them in that many worker
     processes, up to two steps per worker ahead of training (the same batches: each is a pure function of
-    its step); 0 renders each in this process when it is needed."""
+    its step); 0 renders each in this process when it is needed. A rank of a data-parallel run renders
+    only its share of each batch."""
     if data_workers <= 0 or end <= start:
         for step in range(start, end):
-            yield step_batch(cfg, loaded, step)
+            yield step_batch(cfg, loaded, step, (parallel.rank(), parallel.world()))
         return
     yield from torch.utils.data.DataLoader(StepBatches(cfg, loaded), batch_size=None, sampler=range(start, end),
                                            num_workers=data_workers, prefetch_factor=2)
@@ -153,7 +162,10 @@ def initial_weights(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
-def save_state(path: str, model, opt, step: int, cfg: TrainConfig) -> None:
+def save_state(path: str, model, opt, step: int, cfg: TrainConfig, lead: bool = True) -> None:
+    """Write the run's state atomically (only the lead rank writes; every rank holds the same)."""
+    if not lead:
+        return
     tmp = path + ".tmp"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp)
     os.replace(tmp, path)      # a crash mid-save leaves the previous state intact
@@ -163,10 +175,21 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
           stop_after: int | None = None, data_workers: int = 0) -> dict:
     """Run (or resume) training to cfg.steps, or only up to step `stop_after` (a resumable pause); export
     the model to `export_dir` when given. data_workers: processes rendering the next steps' videos while
-    this one trains (the results do not depend on it). Returns the last log record."""
-    torch.set_num_threads(cfg.num_threads)
+    this one trains (the results do not depend on it). cfg.ranks > 1 runs it in that many processes
+    (vxl.train.parallel), each with cfg.num_threads threads. Returns the last log record."""
     os.makedirs(cfg.out_dir, exist_ok=True)
     state_path, log_path = os.path.join(cfg.out_dir, "state.pt"), os.path.join(cfg.out_dir, "log.jsonl")
+    if cfg.ranks > 1 and not parallel.active():
+        if data_workers:
+            raise ValueError("data_workers render batches for a single process; with ranks > 1 every process "
+                             "renders its own share")
+        parallel.spawn(train, cfg.ranks, cfg.num_threads, cfg, resume, export_dir, stop_after)
+        steps = [json.loads(line) for line in open(log_path) if '"step"' in line]
+        return steps[-1] if steps else {}
+    if cfg.ranks != parallel.world():
+        raise ValueError(f"cfg.ranks={cfg.ranks} in a process group of {parallel.world()}")
+    torch.set_num_threads(cfg.num_threads)
+    lead = parallel.rank() == 0         # the process that logs, saves and exports
     loaded = build_demo_model(cfg.arch, cfg.seed)
     model = loaded.model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
@@ -174,7 +197,9 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     start = 0
-    if resume and os.path.exists(state_path):
+    resuming = resume and os.path.exists(state_path)
+    parallel.barrier()          # every rank has decided before the lead writes a state
+    if resuming:
         state = torch.load(state_path, weights_only=True)
         # options added since the state was written count as their defaults (which reproduce older runs)
         saved = json.loads(json.dumps(asdict(TrainConfig.from_dict(state["config"]))))
@@ -187,32 +212,59 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         model.load_state_dict(initial_weights(cfg.init_from))
         if cfg.init_vision_steps > 0:
             vision = PretrainConfig(**{**asdict(cfg.pretrain), "steps": cfg.init_vision_steps})
-            timed_phase(log_path, "vision", vision.steps,
-                        lambda: pretrain_vision(model, loaded.image_processor, vision, cfg.seed))
-        save_state(state_path, model, opt, 0, cfg)
-    else:       # stage 0: the vision tower alone, then a state to resume from
-        timed_phase(log_path, "vision", cfg.pretrain.steps,
-                    lambda: pretrain_vision(model, loaded.image_processor, cfg.pretrain, cfg.seed))
-        timed_phase(log_path, "text", cfg.pretrain.text_steps,
-                    lambda: pretrain_text(model, loaded.tokenizer, cfg.pretrain, cfg.seed))
-        save_state(state_path, model, opt, 0, cfg)
+            pretrain_phases(cfg, model, [("vision", vision.steps, lambda: pretrain_vision(
+                model, loaded.image_processor, vision, cfg.seed), vision_params(model))], log_path)
+        save_state(state_path, model, opt, 0, cfg, lead)
+    else:       # stage 0: the vision tower alone, the language model alone, then a state to resume from
+        pretrain_phases(cfg, model, [
+            ("vision", cfg.pretrain.steps, lambda: pretrain_vision(model, loaded.image_processor, cfg.pretrain,
+                                                                    cfg.seed), vision_params(model)),
+            ("text", cfg.pretrain.text_steps, lambda: pretrain_text(model, loaded.tokenizer, cfg.pretrain, cfg.seed),
+             text_params(model))], log_path)
+        save_state(state_path, model, opt, 0, cfg, lead)
     model.model.vision_tower.requires_grad_(not cfg.freeze_vision)     # no graph, no update when frozen
-    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=1)
+    if lead:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=1)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     record = run_steps(cfg, loaded, opt, start, end, state_path, log_path, data_workers)
-    if export_dir is not None:
+    if export_dir is not None and lead:
         model.eval()
         save_checkpoint(loaded, export_dir, num_shards=EXPORT_SHARDS)
     return record
 
 
-def timed_phase(log_path: str, phase: str, steps: int, run) -> None:
-    """Run a pretraining phase and log its wall time as {"phase", "steps", "seconds"} in log.jsonl
-    (step records have a "step" key instead)."""
-    t0 = time.perf_counter()
-    run()
-    append_log(log_path, {"phase": phase, "steps": steps, "seconds": time.perf_counter() - t0})
+def vision_params(model) -> list[torch.nn.Parameter]:
+    """What pretrain_vision changes in the model (its heads are its own)."""
+    return list(model.model.vision_tower.parameters())
+
+
+def text_params(model) -> list[torch.nn.Parameter]:
+    """What pretrain_text changes: everything but the vision tower and the projector (the same selection)."""
+    return [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.mm_projector"))]
+
+
+def pretrain_phases(cfg: TrainConfig, model, phases: list, log_path: str) -> None:
+    """Run the pretraining phases (name, steps, run, the parameters it changes) and log each one's wall
+    time as {"phase", "steps", "seconds"} (step records have a "step" key instead). The phases change
+    disjoint parameters and read nothing another changes, so in a data-parallel run phase i runs alone in
+    rank i % ranks (rank 0 also gets the threads of ranks left idle) and each rank then broadcasts what its
+    phases changed: the same function as one after another in one process, with other float rounding."""
+    world, me = parallel.world(), parallel.rank()
+    busy = min(world, len(phases))
+    torch.set_num_threads(cfg.num_threads * (world - busy + 1) if me == 0 else cfg.num_threads)
+    seconds = torch.zeros(len(phases), dtype=torch.float64)
+    for i in range(me, len(phases), world):
+        t0 = time.perf_counter()
+        phases[i][2]()
+        seconds[i] = time.perf_counter() - t0
+    torch.set_num_threads(cfg.num_threads)
+    for i, (_, _, _, params) in enumerate(phases):
+        parallel.broadcast([p.data for p in params], src=i % world)
+    parallel.all_sum(seconds)
+    if me == 0:
+        for (name, steps, _, _), sec in zip(phases, seconds.tolist()):
+            append_log(log_path, {"phase": name, "steps": steps, "seconds": sec})
 
 
 def append_log(log_path: str, record: dict) -> None:
@@ -225,22 +277,35 @@ def append_log(log_path: str, record: dict) -> None:
 def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: str, log_path: str,
               data_workers: int = 0) -> dict:
     model, record = loaded.model, {}
+    lead = parallel.rank() == 0
     window, t_start = [], time.perf_counter()
     t0 = t_start
     for step, batch in enumerate(batches(cfg, loaded, start, end, data_workers), start):
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        loss, correct = batch_loss(model, batch, cfg.layerwise)
+        # every answer is (word or letter tokens) + <|im_end|>; the first token decides the answer
+        first = torch.ones(len(batch.rows), dtype=torch.bool)
+        first[1:] = batch.rows[1:] // batch.text_ids.shape[1] != batch.rows[:-1] // batch.text_ids.shape[1]
+        if parallel.world() == 1:
+            loss, correct = batch_loss(model, batch, cfg.layerwise)
+            mean_loss, first_acc = loss.item(), correct[first].float().mean().item()
+        else:       # this rank's share of the batch's mean loss; the gradients add up over the ranks
+            logits = batch_logits(model, batch, cfg.layerwise)
+            summed = F.cross_entropy(logits, batch.targets, reduction="sum")
+            correct = logits.argmax(-1) == batch.targets
+            totals = parallel.all_sum(torch.tensor([float(len(batch.targets)), summed.item(),
+                                                    float(correct[first].sum()), float(first.sum())],
+                                                   dtype=torch.float64))
+            loss = summed / totals[0].item()
+            mean_loss, first_acc = (totals[1] / totals[0]).item(), (totals[2] / totals[3]).item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        parallel.sum_grads(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        # every answer is (word or letter tokens) + <|im_end|>; the first token decides the answer
-        first = torch.ones_like(correct)
-        first[1:] = batch.rows[1:] // batch.text_ids.shape[1] != batch.rows[:-1] // batch.text_ids.shape[1]
         # a step's time includes waiting for its batch (the time since the previous step ended)
         t1 = time.perf_counter()
-        window.append((loss.item(), correct[first].float().mean().item(), batch.pixels.shape[1], t1 - t0))
+        window.append((mean_loss, first_acc, batch.pixels.shape[1], t1 - t0))
         t0 = t1
         if (step + 1) % cfg.log_every == 0 or step + 1 == end:
             arr = np.array(window)
@@ -248,7 +313,8 @@ def run_steps(cfg: TrainConfig, loaded, opt, start: int, end: int, state_path: s
                       "mean_frames": float(arr[:, 2].mean()), "sec_per_step": float(arr[:, 3].mean()),
                       "lr": lr_at(cfg, step), "elapsed_s": time.perf_counter() - t_start}
             window = []
-            append_log(log_path, record)
+            if lead:
+                append_log(log_path, record)
         if (step + 1) % cfg.save_every == 0 or step + 1 == end:
-            save_state(state_path, model, opt, step + 1, cfg)
+            save_state(state_path, model, opt, step + 1, cfg, lead)
     return record

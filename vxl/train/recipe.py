@@ -1,7 +1,8 @@
 """The recipes of the demo model: chains of `python -m vxl.train` stages, each starting from the previous
 one's weights, run in order and resumable (a finished stage is skipped, an interrupted one resumes).
 
-    python -m vxl.train.recipe [--recipe keyed|fast|nine] --out-dir runs/demo --export vxl/data/demo [--num-threads N]
+    python -m vxl.train.recipe [--recipe keyed|keyed-ranks|fast|nine] --out-dir runs/demo --export vxl/data/demo
+                               [--num-threads N] [--ranks N]
 
 `fast` (the model shipped before `keyed`; 2 threads, 51.0 minutes logged on 2 cores) keeps the vision tower as
 stage 0 made it (`--freeze-vision`) in every end-to-end step, so no stage has to repair what end-to-end
@@ -34,6 +35,13 @@ spends the rest on the colour filter that counting needs (bench/results/demo_cou
    (bench/results/demo_keyed_accuracy.md vs demo_accuracy.md, ratio 16): counting 40.0 / 55.0 / 67.5 / 50.0 /
    57.5 / 65.0 / 35.0 / 35.0% at 16-2048 frames (was 40.0 / 50.0 / 45.0 / 37.5 / 37.5 / 37.5 / 35.0 / 35.0%),
    ordering 96.2 / 75.0% at 1024 / 2048 (was 93.8 / 73.8%), retrieval 93.8% at 2048 (was 93.8%).
+
+`keyed-ranks` is `keyed` trained data-parallel (vxl.train.parallel): two processes of one thread each, each
+rendering and computing half of every batch, the vision and text pretraining phases side by side. The same
+stages and functions with other float rounding, so other weights (stage names keyedr1-5). Logged on 2
+cores: 42.8 minutes (pretraining 326 s, the longer of its two side-by-side phases, then steps 537 / 99 +
+440 / 141 / 536 / 488 s), against 49.8 for `keyed` rerun at 39d30a9 in the previous session (the machine's
+speed drifts between sessions). Accuracy: bench/results/demo_keyedr_accuracy.md.
 
 `nine` (the model shipped before, one thread by default, about 150 minutes) trains the vision tower end to
 end and so retrains it alone three times:
@@ -120,20 +128,27 @@ NINE: list[Stage] = [
                 "--task-weights", "0.35", "0.15", "0.5"], None),
 ]
 
-# name -> (stages, the thread count its committed run used: float rounding, hence the weights, depend on it)
-RECIPES: dict[str, tuple[list[Stage], int]] = {"fast": (FAST, 2), "nine": (NINE, 1), "keyed": (KEYED, 2)}
+# keyed's stages trained data-parallel: two processes of one thread each (vxl.train.parallel), the pretraining
+# phases side by side; the same functions, other float rounding, so other weights (hence other stage names)
+KEYED_RANKS: list[Stage] = [(name.replace("keyed", "keyedr"), args, stop) for name, args, stop in KEYED]
+
+# name -> (stages, threads per process, processes) of its committed run: float rounding, hence the weights,
+# depend on both
+RECIPES: dict[str, tuple[list[Stage], int, int]] = {"fast": (FAST, 2, 1), "nine": (NINE, 1, 1), "keyed": (KEYED, 2, 1),
+                                                    "keyed-ranks": (KEYED_RANKS, 1, 2)}
 SHIPPED = "keyed"
 STAGES = RECIPES[SHIPPED][0]
 
 
 def run_recipe(out_dir: str, export_dir: str | None, num_threads: int = RECIPES[SHIPPED][1],
                stages: list[Stage] = STAGES, extra: list[str] = (),
-               data_workers: int = 0) -> None:
-    """Run every stage under out_dir/<name>/; `extra` arguments go to every stage (tests shrink it)."""
+               data_workers: int = 0, ranks: int = RECIPES[SHIPPED][2]) -> None:
+    """Run every stage under out_dir/<name>/ with `ranks` processes of num_threads threads each; `extra`
+    arguments go to every stage (tests shrink it)."""
     previous = None
     for i, (name, args, stop) in enumerate(stages):
         stage_dir = os.path.join(out_dir, name)
-        argv = [*args, *extra, "--out-dir", stage_dir, "--num-threads", str(num_threads)]
+        argv = [*args, *extra, "--out-dir", stage_dir, "--num-threads", str(num_threads), "--ranks", str(ranks)]
         if previous is not None:
             argv += ["--init-from", previous]
         cfg, _ = parse_args(argv)
@@ -154,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch threads (default: what the recipe's committed run used, 2 for fast, 1 for nine; "
                         "another count gives other float rounding)")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="training processes, each with --num-threads threads (default: what the recipe's committed "
+                        "run used; another count gives other float rounding)")
     p.add_argument("--data-workers", type=int, default=0,
                    help="processes rendering the next steps' videos during training (same results; helps with "
                         "--num-threads 1 and a spare core)")
     args = p.parse_args(argv)
-    stages, threads = RECIPES[args.recipe]
+    stages, threads, ranks = RECIPES[args.recipe]
     run_recipe(args.out_dir, args.export, args.num_threads or threads, stages=stages,
-               data_workers=args.data_workers)
+               data_workers=args.data_workers, ranks=args.ranks or ranks)
     return 0
 
 
