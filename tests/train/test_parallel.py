@@ -108,3 +108,20 @@ def test_sum_grads_adds_gradients_and_keeps_none(tmp_path):
     assert torch.equal(got["a"], torch.tensor([3.0, 6.0, 9.0]))      # 1x + 2x
     assert torch.equal(got["b"], torch.tensor([5.0, 6.0, 7.0]))      # only rank 1 had one
     assert got["c_none"]                                              # no rank had one: stays None
+
+
+def test_a_stage_start_retrains_the_vision_tower_alone_in_rank_0(tmp_path):
+    """--init-vision-steps in a data-parallel run: rank 0 retrains the tower (with every core), the others take
+    its weights; the stage then ends near the one-process run's weights."""
+    train(tiny_config(tmp_path / "base", 2))
+    ends = {}
+    for ranks in (1, 2):
+        cfg = dataclasses.replace(tiny_config(tmp_path / f"r{ranks}", 3), init_from=str(tmp_path / "base" / "state.pt"),
+                                  init_vision_steps=5, ranks=ranks)
+        train(cfg)
+        ends[ranks] = weights(tmp_path / f"r{ranks}" / "state.pt")
+        logs = [json.loads(line) for line in open(tmp_path / f"r{ranks}" / "log.jsonl")]
+        assert [r.get("phase") for r in logs] == ["vision", None, None, None]
+    tower = [k for k in ends[1] if "vision_tower" in k]
+    assert rel_diff({k: ends[1][k] for k in tower}, {k: ends[2][k] for k in tower}) < 1e-5
+    assert rel_diff(ends[1], ends[2]) < 1e-4

@@ -41,7 +41,11 @@ rendering and computing half of every batch, the vision and text pretraining pha
 stages and functions with other float rounding, so other weights (stage names keyedr1-5). Logged on 2
 cores: 42.8 minutes (pretraining 326 s, the longer of its two side-by-side phases, then steps 537 / 99 +
 440 / 141 / 536 / 488 s), against 49.8 for `keyed` rerun at 39d30a9 in the previous session (the machine's
-speed drifts between sessions). Accuracy: bench/results/demo_keyedr_accuracy.md.
+speed drifts between sessions). Its model is a different draw, and a worse one, so it is not shipped
+(bench/results/demo_keyedr_accuracy.md, same videos as keyed's): ordering at 2048 frames 37.5% (keyed
+75.0%), digit needles 26-77% (keyed 64-88%), counting 25.0% at 2048 frames, NIAH mean 88.1% (94.7%);
+retrieval 82.5-95.0% (95.0% at 2048). Its training diverged from keyed's in stage 2 (last 200 steps'
+first-token accuracy 0.744 against 0.831), as runs differing only in rounding do over thousands of steps.
 
 `nine` (the model shipped before, one thread by default, about 150 minutes) trains the vision tower end to
 end and so retrains it alone three times:
