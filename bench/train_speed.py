@@ -43,8 +43,7 @@ def run_setting(cfg, threads: int, workers: int, steps: int, out_dir: str,
     from vxl.train import parallel
     result = os.path.join(out_dir, "result.pt")
     parallel.spawn(_rank_steps, ranks, threads, cfg, steps, result)
-    seconds, state = torch.load(result, weights_only=True)
-    return seconds, state
+    return torch.load(result, weights_only=True)
 
 
 def _rank_steps(cfg, steps: int, result: str) -> None:

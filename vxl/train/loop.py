@@ -20,7 +20,7 @@ from vxl.train import parallel
 from vxl.train.arch import DemoArch, build_demo_model
 from vxl.train.batch import TrainBatch, batch_logits, batch_loss, make_batch
 from vxl.train.data import DIGIT_PROB, TASKS, make_sample
-from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision
+from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision, text_params, vision_params
 
 
 EXPORT_SHARDS = 3          # keeps each shipped safetensors file under 2 MiB (the repository's file limit)
@@ -232,16 +232,6 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         model.eval()
         save_checkpoint(loaded, export_dir, num_shards=EXPORT_SHARDS)
     return record
-
-
-def vision_params(model) -> list[torch.nn.Parameter]:
-    """What pretrain_vision changes in the model (its heads are its own)."""
-    return list(model.model.vision_tower.parameters())
-
-
-def text_params(model) -> list[torch.nn.Parameter]:
-    """What pretrain_text changes: everything but the vision tower and the projector (the same selection)."""
-    return [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.mm_projector"))]
 
 
 def pretrain_phases(cfg: TrainConfig, model, phases: list, log_path: str) -> None:

@@ -2,9 +2,10 @@
 rendering and computing its share of every batch; their gradients are summed before every update, so each
 process holds the same weights after every step.
 
-On 2 cores, two processes with one thread each train faster than one process with two threads: the model is
-small and torch's intra-op threading splits its many small matmuls and elementwise ops badly (one process,
-1 -> 2 threads: 1.24x, bench/results/train_speed_cpu.json). The step computes the same function as one
+On the 2-core machine, two processes of one thread against one process of two threads, turn about (median
+of 3 pairs, bench/results/train_speed_ranks_keyed{1,4,5}_cpu.json): 1.18x on the first steps of the keyed
+recipe's stage 1 (16-frame clips), 1.28x on stage 4 (8-64 frames), 1.03x on stage 5 (8-512 frames); one
+process gains only 1.24x from a second thread (bench/results/train_speed_cpu.json). The step computes the same function as one
 process (the same videos, the mean loss over all answer tokens of the batch), with other float rounding: each
 rank's loss is its share of the batch's summed loss, and the gradients add up across ranks.
 """
@@ -64,9 +65,9 @@ def sum_grads(params) -> None:
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     all_sum(flat)
     offset = 0
-    for p in params:
+    for p in params:        # views of the summed buffer, no copy
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset:offset + n].view_as(p)
         offset += n
 
 

@@ -50,6 +50,16 @@ def frame_batch(rng: np.random.Generator, num: int, size: int, thing_prob: float
     return to_uint8(frames), labels
 
 
+def vision_params(model) -> list[nn.Parameter]:
+    """What pretrain_vision changes in the model (its heads are its own)."""
+    return list(model.model.vision_tower.parameters())
+
+
+def text_params(model) -> list[nn.Parameter]:
+    """What pretrain_text changes: everything but the vision tower and the projector."""
+    return [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.mm_projector"))]
+
+
 def pretrain_vision(model, processor, cfg: PretrainConfig, seed: int, log=print) -> list[float]:
     """Train model.model.vision_tower in place with linear heads on its mean patch feature; returns the
     per-step losses."""
@@ -60,7 +70,7 @@ def pretrain_vision(model, processor, cfg: PretrainConfig, seed: int, log=print)
     for head in heads.values():
         nn.init.normal_(head.weight, std=0.02, generator=gen)
         nn.init.zeros_(head.bias)
-    params = list(tower.parameters()) + list(heads.parameters())
+    params = vision_params(model) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     size = tower.clip_config.image_size
     losses = []
@@ -100,7 +110,7 @@ def text_sequence(rng: np.random.Generator, tokenizer, vocab: int) -> tuple[list
 
 def pretrain_text(model, tokenizer, cfg: PretrainConfig, seed: int, log=print) -> list[float]:
     """Train the language model (embeddings, decoder, lm_head) in place on text_sequence batches."""
-    params = [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.mm_projector"))]
+    params = text_params(model)
     opt = torch.optim.AdamW(params, lr=cfg.text_lr, weight_decay=0.01)
     vocab, losses = len(tokenizer), []
     for step in range(cfg.text_steps):
