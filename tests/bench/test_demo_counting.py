@@ -1,7 +1,9 @@
 """bench/demo_counting.py tells answers that follow the asked colour's count from answers that count every card."""
 from __future__ import annotations
 
-from bench.demo_counting import counting_breakdown
+import numpy as np
+
+from bench.demo_counting import average_ranks, counting_breakdown, spearman
 from vxl.train.data import LETTERS, MAX_COUNT, make_sample
 
 
@@ -32,3 +34,33 @@ def test_breakdown_tells_the_asked_count_from_all_cards():
     assert cards["by_others"][0] == [others.count(0), others.count(0)]          # right only without others
     assert cards["accuracy"] == sum(str(min(len(s.events), MAX_COUNT)) == s.qas[0].right for s in samples) / 30
     assert sum(cards["answered"].values()) == 30
+
+
+def test_confusion_and_rank_correlation():
+    samples = [make_sample("counting", 24, [6, i]) for i in range(40)]
+    rights = [int(s.qas[0].right) for s in samples]
+    assert len(set(rights)) > 2                       # several counts occur (fresh seeds, not assumed)
+
+    exact = counting_breakdown(samples, answering(samples, lambda s: s.qas[0].right))
+    assert [sum(row) for row in exact["confusion"]] == [rights.count(k) for k in range(1, MAX_COUNT + 1)]
+    assert all(exact["confusion"][k][j] == 0 for k in range(MAX_COUNT) for j in range(MAX_COUNT) if k != j)
+    assert abs(exact["rank_corr"] - 1.0) < 1e-12
+
+    # an answer one below the truth (floored at 1) keeps the order: high rank correlation, low accuracy
+    low = counting_breakdown(samples, answering(samples, lambda s: str(max(1, int(s.qas[0].right) - 1))))
+    assert low["accuracy"] == rights.count(1) / 40
+    assert low["rank_corr"] > 0.8
+    assert sum(map(sum, low["confusion"])) == 40
+
+    # the reference: scipy's Spearman on answers drawn at random
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(7)
+    said = [str(int(rng.integers(1, MAX_COUNT + 1))) for _ in samples]
+    noisy = counting_breakdown(samples, answering(samples, lambda s, it=iter(said): next(it)))
+    assert abs(noisy["rank_corr"] - spearmanr(rights, [int(x) for x in said]).statistic) < 1e-12
+
+
+def test_average_ranks_share_ties():
+    assert average_ranks([3, 1, 3, 2]) == [3.5, 1.0, 3.5, 2.0]
+    assert np.isnan(spearman([(1, 2), (2, 2), (3, 2)]))          # constant answers: no correlation defined
+    assert abs(spearman([(1, 4), (2, 3), (3, 1)]) + 1.0) < 1e-12

@@ -137,3 +137,30 @@ def test_digit_prob_sets_the_needle_kind_and_nothing_else():
     assert make_sample("counting", 30, 3, digit_prob=1.0).events == make_sample("counting", 30, 3).events
     with pytest.raises(ValueError, match="digit_prob"):
         make_sample("retrieval", 10, 1, digit_prob=1.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_count_others_shows_many_other_colours_and_counts_the_asked_one(seed):
+    s = make_sample("counting", 160, [12, seed], count_others=9)
+    (qa,) = s.qas
+    target = qa.prompt.split(" object")[0].split()[-1]
+    others = [t.colour for _, _, t in s.events if t.colour != target]
+    assert len(others) <= 9 and len(s.events) == int(qa.right) + len(others)
+    assert len(frames_showing(s.frames, target)) == int(qa.right)
+    check_choice(qa, qa.right)
+    # the default keeps the evaluation's draws exactly; other tasks ignore the option
+    assert make_sample("counting", 30, seed, count_others=2).events == make_sample("counting", 30, seed).events
+    assert make_sample("ordering", 30, seed, count_others=9).qas[0].__dict__ == \
+        make_sample("ordering", 30, seed).qas[0].__dict__
+    # very short videos still fit every card on its own frame
+    short = make_sample("counting", 8, [13, seed], count_others=9)
+    assert len({f for f, _, _ in short.events}) == len(short.events) <= 4
+    with pytest.raises(ValueError, match="count_others"):
+        make_sample("counting", 10, 1, count_others=-1)
+
+
+def test_count_others_draws_beyond_two_colours_and_counts():
+    samples = [make_sample("counting", 200, [14, i], count_others=9) for i in range(40)]
+    colours_seen = [len({t.colour for _, _, t in s.events}) for s in samples]
+    other_counts = [len(s.events) - int(s.qas[0].right) for s in samples]
+    assert max(colours_seen) > 3 and max(other_counts) > 2 and min(other_counts) == 0

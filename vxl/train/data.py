@@ -18,6 +18,7 @@ INSTRUCTION = "Answer with the right option."
 OPEN_INSTRUCTION = "Answer with one word."
 MAX_COUNT = 4
 DIGIT_PROB = 0.4             # share of needles that are digits (the rest are shapes)
+COUNT_OTHERS = 2             # counting videos show up to this many other-coloured things (evaluation: always 2)
 
 
 @dataclass
@@ -130,10 +131,12 @@ def ordering(rng, num_frames: int, open_prob: float):
     return events, [qas[i] for i in rng.permutation(2)]
 
 
-def counting(rng, num_frames: int, open_prob: float, every_colour: bool = False):
+def counting(rng, num_frames: int, open_prob: float, every_colour: bool = False, others: int = COUNT_OTHERS):
     """A target colour appears 1..4 times, 0..2 other-coloured things appear too; ask the target's count.
     `every_colour` (training): a second colour also appears 1..4 times (0..1 more things of a third) and
-    both counts are asked, so that counting every card, or a count's prior, is wrong."""
+    both counts are asked, so that counting every card, or a count's prior, is wrong. `others` (training)
+    other than 2: 0..others other-coloured things, each of any colour but the target's, so that the number
+    of every card shown says little about the asked count."""
     target, second, third = [str(c) for c in rng.choice(list(COLOURS), size=3, replace=False)]
     room = max(1, num_frames // 2)
     count = min(int(rng.integers(1, MAX_COUNT + 1)), room)    # very short videos: fewer
@@ -142,9 +145,14 @@ def counting(rng, num_frames: int, open_prob: float, every_colour: bool = False)
         colours = [target] * count + [second] * num_second
         colours += [third] * min(int(rng.integers(0, 2)), max(0, room - len(colours)))
         asked = [target] + ([second] if num_second else [])
-    else:
+    elif others == COUNT_OTHERS:
         num_other = min(int(rng.integers(0, 3)), max(0, room - count))
         colours = [target] * count + [str(rng.choice([second, third])) for _ in range(num_other)]
+        asked = [target]
+    else:
+        num_other = min(int(rng.integers(0, others + 1)), max(0, room - count))
+        rest = [c for c in COLOURS if c != target]
+        colours = [target] * count + [str(rng.choice(rest)) for _ in range(num_other)]
         asked = [target]
     rng.shuffle(colours)
     frames = spread_frames(rng, num_frames, len(colours), max(2, num_frames // 16))
@@ -182,12 +190,14 @@ def stretch(rng: np.random.Generator, starts: list[int], num_frames: int, cover:
 
 def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: float = 0.0,
                 depth: float | None = None, cover: float = 0.0, digit_prob: float = DIGIT_PROB,
-                count_every_colour: bool = False, keyed_prob: float = 0.0) -> VideoSample:
+                count_every_colour: bool = False, keyed_prob: float = 0.0,
+                count_others: int = COUNT_OTHERS) -> VideoSample:
     """The video and its questions for one seed (an int or a sequence of ints, as numpy's SeedSequence).
     Each event shows its thing on 1 frame, or (training curriculum, `cover` > 0) on a run of frames.
     `digit_prob` (retrieval only) changes which needles are digits, not the rest of the sample's draws.
     `count_every_colour` (counting only): a second colour is counted and asked too (see `counting`).
-    `keyed_prob` (retrieval only): the share of retrieval videos that are `keyed` instead."""
+    `keyed_prob` (retrieval only): the share of retrieval videos that are `keyed` instead.
+    `count_others` (counting only): the most other-coloured things a counting video shows."""
     if task not in GENERATORS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     if num_frames < 1:
@@ -203,8 +213,12 @@ def make_sample(task: str, num_frames: int, seed, size: int = 64, open_prob: flo
         kwargs["digit_prob"] = digit_prob
         if keyed_prob > 0:
             kwargs["keyed_prob"] = keyed_prob
+    if count_others < 0:
+        raise ValueError(f"count_others must be >= 0, got {count_others}")
     if task == "counting" and count_every_colour:
         kwargs["every_colour"] = True
+    if task == "counting" and count_others != COUNT_OTHERS:
+        kwargs["others"] = count_others
     events, qas = GENERATORS[task](rng, num_frames, open_prob, **kwargs)
     events = sorted(events, key=lambda e: e[0])
     # counting counts frames: its things are never stretched

@@ -19,7 +19,7 @@ from vxl.model.tiny import save_checkpoint
 from vxl.train import parallel
 from vxl.train.arch import DemoArch, build_demo_model
 from vxl.train.batch import TrainBatch, batch_logits, batch_loss, make_batch
-from vxl.train.data import DIGIT_PROB, TASKS, make_sample
+from vxl.train.data import COUNT_OTHERS, DIGIT_PROB, TASKS, make_sample
 from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision, text_params, vision_params
 
 
@@ -54,6 +54,7 @@ class TrainConfig:
     digit_prob: float = DIGIT_PROB      # share of retrieval needles that are digits (the rest are shapes)
     count_every_colour: bool = False    # counting videos count and ask a second colour too (experiment)
     keyed_prob: float = 0.0             # share of retrieval videos asking the shape of the card of a named colour
+    count_others: int = COUNT_OTHERS    # counting videos show 0..count_others other-coloured things (experiment)
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1                # torch threads of each process
@@ -118,7 +119,7 @@ def step_batch(cfg: TrainConfig, loaded, step: int, share: tuple[int, int] = (0,
     cover = cfg.cover * (1 - _ramp(step, cfg.hold_steps, cfg.cover_steps))
     samples = [make_sample(str(t), num_frames, [cfg.seed, step, b], cfg.arch.image_size, cfg.open_prob, cover=cover,
                            digit_prob=cfg.digit_prob, count_every_colour=cfg.count_every_colour,
-                           keyed_prob=cfg.keyed_prob)
+                           keyed_prob=cfg.keyed_prob, count_others=cfg.count_others)
                for b, t in enumerate(tasks) if b % share[1] == share[0]]
     num_windows = len(window_lengths(num_frames * cfg.arch.tokens_per_frame, loaded.config.beacon_window))
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
