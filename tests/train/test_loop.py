@@ -168,3 +168,33 @@ def test_video_lengths_stay_within_min_and_max_frames():
     for bad in ({"min_frames": 600, "max_frames": 512}, {"min_frames": 2}, {"hold_frames": 1024}):
         with pytest.raises(ValueError, match="min_frames"):
             TrainConfig.from_dict(bad)
+
+
+def test_card_window_ratios_squeeze_the_windows_that_show_things(monkeypatch):
+    import dataclasses
+
+    from vxl.train import loop
+    from vxl.train.arch import build_demo_model
+    from vxl.train.data import make_sample
+    samples = [make_sample("counting", 100, [15, i]) for i in range(3)]
+    ratios = loop.card_window_ratios(samples, 9, 12, [2, 4, 8, 12, 16])
+    shown = sorted({f // 12 for s in samples for first, n, _ in s.events for f in range(first, first + n)})
+    assert shown and len(shown) < 9                          # some windows show things, some do not
+    assert [w for w, r in enumerate(ratios) if r == 16] == shown
+    assert all(r == 2 for w, r in enumerate(ratios) if w not in shown)
+
+    # in a step: the batch's ratios are those of its own videos when the option fires; the videos and
+    # questions are the same as without the option
+    seen = []
+    real = loop.card_window_ratios
+    monkeypatch.setattr(loop, "card_window_ratios", lambda s, *a: seen.append((s, real(s, *a))) or seen[-1][1])
+    cfg = TrainConfig(seed=3, min_frames=480, max_frames=480, min_batch=2, max_batch=2, card_window_prob=1.0)
+    loaded = build_demo_model(cfg.arch, 0)
+    batch = loop.step_batch(cfg, loaded, 0)
+    (videos, expected), = seen
+    assert batch.ratios == expected and len(videos) == batch.pixels.shape[0]
+    assert max(expected) == 16 and min(expected) == 2
+    plain = loop.step_batch(dataclasses.replace(cfg, card_window_prob=0.0), loaded, 0)
+    assert torch.equal(plain.pixels, batch.pixels) and torch.equal(plain.text_ids, batch.text_ids)
+    with pytest.raises(ValueError, match="card_window_prob"):
+        loop.step_batch(cfg, loaded, 0, share=(0, 2))

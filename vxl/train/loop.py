@@ -55,6 +55,8 @@ class TrainConfig:
     count_every_colour: bool = False    # counting videos count and ask a second colour too (experiment)
     keyed_prob: float = 0.0             # share of retrieval videos asking the shape of the card of a named colour
     count_others: int = COUNT_OTHERS    # counting videos show 0..count_others other-coloured things (experiment)
+    card_window_prob: float = 0.0       # share of steps whose windows showing a thing (in any video of the batch)
+                                        # get the highest ratio and the others the lowest (experiment)
     save_every: int = 50
     log_every: int = 10
     num_threads: int = 1                # torch threads of each process
@@ -125,9 +127,23 @@ def step_batch(cfg: TrainConfig, loaded, step: int, share: tuple[int, int] = (0,
     ratios = [int(r) for r in rng.choice(cfg.arch.ratios, size=num_windows)]
     if cfg.uniform_ratio_prob > 0 and rng.uniform() < cfg.uniform_ratio_prob:
         ratios = [ratios[0]] * num_windows
+    if cfg.card_window_prob > 0 and rng.uniform() < cfg.card_window_prob:
+        if share[1] > 1:
+            raise ValueError("card_window_prob needs every video of the batch: not with ranks > 1")
+        ratios = card_window_ratios(samples, num_windows, loaded.config.beacon_window // cfg.arch.tokens_per_frame,
+                                    cfg.arch.ratios)
     tok = loaded.tokenizer
     return make_batch(samples, tok, loaded.image_processor, tok.convert_tokens_to_ids("<|im_end|>"),
                       tok.convert_tokens_to_ids("<|endoftext|>"), ratios)
+
+
+def card_window_ratios(samples, num_windows: int, frames_per_window: int, choices: list[int]) -> list[int]:
+    """One ratio per window: the highest of `choices` for every window in which some sample shows a thing,
+    the lowest for the rest. So a thing is squeezed into a VST with background frames, as at ratio 16 on a
+    long video, among many VSTs of background, as on a long video (experiment)."""
+    shown = {f // frames_per_window for s in samples for first, length, _ in s.events
+             for f in range(first, first + length)}
+    return [max(choices) if w in shown else min(choices) for w in range(num_windows)]
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -184,6 +200,8 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         if data_workers:
             raise ValueError("data_workers render batches for a single process; with ranks > 1 every process "
                              "renders its own share")
+        if cfg.card_window_prob > 0:
+            raise ValueError("card_window_prob needs every video of the batch: not with ranks > 1")
         parallel.spawn(train, cfg.ranks, cfg.num_threads, cfg, resume, export_dir, stop_after)
         steps = [json.loads(line) for line in open(log_path) if '"step"' in line]
         return steps[-1] if steps else {}
