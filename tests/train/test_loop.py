@@ -198,3 +198,17 @@ def test_card_window_ratios_squeeze_the_windows_that_show_things(monkeypatch):
     assert torch.equal(plain.pixels, batch.pixels) and torch.equal(plain.text_ids, batch.text_ids)
     with pytest.raises(ValueError, match="card_window_prob"):
         loop.step_batch(cfg, loaded, 0, share=(0, 2))
+
+
+def test_card_windows_cover_stretched_events_and_refuse_bad_settings():
+    from vxl.train.data import make_sample
+    from vxl.train.loop import card_window_ratios
+    samples = [make_sample("ordering", 100, [16, i], cover=1.0) for i in range(2)]
+    assert max(n for s in samples for _, n, _ in s.events) > 12        # events spanning several windows
+    per_frame = {f // 12 for s in samples for first, n, _ in s.events for f in range(first, first + n)}
+    ratios = card_window_ratios(samples, 9, 12, [2, 4, 8, 12, 16])
+    assert {w for w, r in enumerate(ratios) if r == 16} == per_frame
+    with pytest.raises(ValueError, match="card_window_prob"):
+        TrainConfig(card_window_prob=1.5)
+    with pytest.raises(ValueError, match="card_window_prob"):
+        TrainConfig(ranks=2, card_window_prob=0.5)

@@ -26,6 +26,9 @@ from vxl.train.pretrain import PretrainConfig, pretrain_text, pretrain_vision, t
 EXPORT_SHARDS = 3          # keeps each shipped safetensors file under 2 MiB (the repository's file limit)
 
 
+CARD_WINDOWS_NEED_THE_BATCH = "card_window_prob needs every video of the batch: not with ranks > 1"
+
+
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/demo"
@@ -81,6 +84,10 @@ class TrainConfig:
         if not 1 <= self.ranks <= self.min_batch:
             raise ValueError(f"ranks must be between 1 and min_batch ({self.min_batch}) so that every process gets "
                              f"a video of every batch, got ranks={self.ranks}")
+        if not 0.0 <= self.card_window_prob <= 1.0:
+            raise ValueError(f"card_window_prob must be in [0, 1], got {self.card_window_prob}")
+        if self.card_window_prob > 0 and self.ranks > 1:
+            raise ValueError(CARD_WINDOWS_NEED_THE_BATCH)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -129,7 +136,7 @@ def step_batch(cfg: TrainConfig, loaded, step: int, share: tuple[int, int] = (0,
         ratios = [ratios[0]] * num_windows
     if cfg.card_window_prob > 0 and rng.uniform() < cfg.card_window_prob:
         if share[1] > 1:
-            raise ValueError("card_window_prob needs every video of the batch: not with ranks > 1")
+            raise ValueError(CARD_WINDOWS_NEED_THE_BATCH)
         ratios = card_window_ratios(samples, num_windows, loaded.config.beacon_window // cfg.arch.tokens_per_frame,
                                     cfg.arch.ratios)
     tok = loaded.tokenizer
@@ -141,8 +148,8 @@ def card_window_ratios(samples, num_windows: int, frames_per_window: int, choice
     """One ratio per window: the highest of `choices` for every window in which some sample shows a thing,
     the lowest for the rest. So a thing is squeezed into a VST with background frames, as at ratio 16 on a
     long video, among many VSTs of background, as on a long video (experiment)."""
-    shown = {f // frames_per_window for s in samples for first, length, _ in s.events
-             for f in range(first, first + length)}
+    shown = {w for s in samples for first, length, _ in s.events
+             for w in range(first // frames_per_window, (first + length - 1) // frames_per_window + 1)}
     return [max(choices) if w in shown else min(choices) for w in range(num_windows)]
 
 
@@ -200,8 +207,6 @@ def train(cfg: TrainConfig, resume: bool = False, export_dir: str | None = None,
         if data_workers:
             raise ValueError("data_workers render batches for a single process; with ranks > 1 every process "
                              "renders its own share")
-        if cfg.card_window_prob > 0:
-            raise ValueError("card_window_prob needs every video of the batch: not with ranks > 1")
         parallel.spawn(train, cfg.ranks, cfg.num_threads, cfg, resume, export_dir, stop_after)
         steps = [json.loads(line) for line in open(log_path) if '"step"' in line]
         return steps[-1] if steps else {}

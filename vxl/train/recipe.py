@@ -37,7 +37,7 @@ filter that counting needs and on counting in long videos (bench/results/demo_co
 6. 300 steps on videos of 384 to 512 frames (0.3 / 0.15 / 0.55, lr 2e-4, half the retrieval videos keyed),
    80% of them with `--card-window-prob`: every window that shows a thing (in any video of the batch) at
    ratio 16, every other window at ratio 2, so a thing shares its VST with background frames, as at ratio
-   16 on a 2048-frame video, among 500-800 background VSTs. Before it, the count read from long videos fell
+   16 on a 2048-frame video, among 408-920 background VSTs (counted on 48 of its steps). Before it, the count read from long videos fell
    short (answers one below the truth at 2048 frames, 32.5%). Against stage 5 (demo_keyed6_accuracy.md vs
    demo_keyed_accuracy.md, ratio 16): counting 37.5 / 60.0 / 55.0 / 52.5 / 50.0 / 45.0 / 50.0 / 42.5% at
    16-2048 frames (was 40.0 / 55.0 / 67.5 / 50.0 / 57.5 / 65.0 / 35.0 / 35.0%), ordering 97.5 / 95.0% at
