@@ -60,6 +60,11 @@ def _timed_steps(cfg, workers: int, steps: int) -> tuple[float, dict]:
     import os
     out_dir, threads = cfg.out_dir, cfg.num_threads
     torch.set_num_threads(threads)
+    try:        # what vxl.train.loop.train does first (on commits that have it)
+        from vxl.train.malloc import keep_freed_memory
+        keep_freed_memory()
+    except ImportError:
+        pass
     loaded = build_demo_model(cfg.arch, cfg.seed)
     model = loaded.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))

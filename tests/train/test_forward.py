@@ -217,3 +217,35 @@ def test_layerwise_option_encodes_only_long_videos_layerwise(demo_like, monkeypa
             seq = batch_logits(loaded.model, batch)
         assert (lw - seq).abs().max() <= 1e-4 * seq.abs().max()
     assert used == ["encode_video", "encode_video", "encode_video_layerwise", "encode_video"]
+
+
+@pytest.mark.parametrize("b,nw,n,m", [(3, 5, 7, 11), (1, 1, 3, 0), (2, 9, 13, 29)])
+def test_window_keys_equal_autograd_slice_assignment_bit_for_bit(b, nw, n, m):
+    """WindowKeys (one buffer, a hand-written backward) gives the values and the gradients of writing the
+    buffer with autograd's in-place slice assignments, exactly: its only purpose is speed."""
+    from vxl.train.forward import WindowKeys
+    gen = torch.Generator().manual_seed(b * 100 + nw * 10 + n)
+    nkv, hd = 2, 6
+    kept = torch.randn(b, m, nkv, hd, generator=gen)
+    qkv = torch.randn(b, nw * n, 3 * nkv * hd, generator=gen)     # own is a strided view, as in the encoder
+    weight = torch.randn(b * nw, nkv, m + n, hd, generator=gen)
+
+    def slices(kept_t, own):
+        out = kept_t.new_empty(b, nw, m + n, nkv, hd)
+        out[:, :, :m] = kept_t[:, None]
+        out[:, :, m:] = own.reshape(b, nw, n, nkv, hd)
+        return out
+
+    results = []
+    for build in (slices, lambda k, o: WindowKeys.apply(k, o, nw)):
+        k, x = kept.clone().requires_grad_(True), qkv.clone().requires_grad_(True)
+        own = x.split([nkv * hd, nkv * hd, nkv * hd], -1)[1].reshape(b, nw * n, nkv, hd)
+        out = build(k, own)
+        keys = out.reshape(b * nw, m + n, nkv, hd).transpose(1, 2)       # as the encoder hands them to SDPA
+        (keys * weight).sum().backward()
+        results.append((out.detach(), k.grad, x.grad))
+    (out_a, kgrad_a, xgrad_a), (out_b, kgrad_b, xgrad_b) = results
+    assert torch.equal(out_a, out_b) and torch.equal(xgrad_a, xgrad_b) and torch.equal(kgrad_a, kgrad_b)
+    # and the kept gradient is the sum over the windows (float64 reference)
+    want = (weight.double().transpose(1, 2).reshape(b, nw, m + n, nkv, hd)[:, :, :m]).sum(1)
+    assert torch.allclose(kgrad_b.double(), want, atol=1e-5)

@@ -193,6 +193,29 @@ def visual_tokens(model: VideoXLForCausalLM, pixels: torch.Tensor) -> torch.Tens
     return model.encode_frames(pixels.flatten(0, 1)).reshape(b, -1, model.config.hidden_size)
 
 
+class WindowKeys(torch.autograd.Function):
+    """kept [B, M, nkv, hd] (the same for every window) then each window's own slots (own [B, nw * n, nkv, hd])
+    -> [B, nw, M + n, nkv, hd], written once into one buffer (slot-major like kept: block copies). Its
+    backward hands each input its part of the gradient (kept's summed over the windows) without the copy
+    and the zero fill that autograd's in-place slice assignments cost: the same gradients bit for bit."""
+
+    @staticmethod
+    def forward(ctx, kept: torch.Tensor, own: torch.Tensor, nw: int) -> torch.Tensor:
+        b, m, nkv, hd = kept.shape
+        out = kept.new_empty(b, nw, m + own.shape[1] // nw, nkv, hd)
+        out[:, :, :m] = kept[:, None]
+        out[:, :, m:] = own.reshape(b, nw, -1, nkv, hd)
+        ctx.m, ctx.own_shape = m, own.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # autograd sums over the windows in the buffer's own (contiguous) layout: so does this, for the same
+        # rounding (the gradient SDPA hands back is laid out so already: no copy then)
+        grad = grad.contiguous()
+        return grad[:, :, :ctx.m].sum(1), grad[:, :, ctx.m:].reshape(ctx.own_shape), None
+
+
 def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, visual: torch.Tensor,
                            ratios: list[int], fused: Fused | None = None) -> list[KV]:
     """encode_video's function computed layer by layer over every window at once.
@@ -253,11 +276,8 @@ def encode_video_layerwise(model: VideoXLForCausalLM, prefix_ids: torch.Tensor, 
 
     def with_kept(kept_t, own):   # kept (B, P + V, nkv, hd), the same for every window, then each window's own
         # slots (B, nw * n_max, nkv, hd) -> (B * nw, nkv, P + V + n_max, hd), written once into one buffer
-        pv = kept_t.shape[1]
-        out = kept_t.new_empty(b, nw, pv + n_max, nkv, hd)      # slot-major like kept: block copies
-        out[:, :, :pv] = kept_t[:, None]
-        out[:, :, pv:] = own.reshape(b, nw, n_max, nkv, hd)
-        return out.reshape(b * nw, pv + n_max, nkv, hd).transpose(1, 2)
+        out = WindowKeys.apply(kept_t, own, nw)
+        return out.reshape(b * nw, out.shape[2], nkv, hd).transpose(1, 2)
 
     new_kept = []
     for i, (layer, kv) in enumerate(zip(model.model.layers, kept)):
