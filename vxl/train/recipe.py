@@ -20,11 +20,10 @@ training wears away:
    (bench/results/demo_fast3_accuracy.md): counting 35-50% at 16-2048 frames (was 22.5-47.5%), ordering at
    2048 frames 73.8% (was 66.2%), retrieval at ratio 2 on 1024 frames 90.0% (was 81.2%); 10.7 minutes more.
 
-`keyed` (the shipped model; 2 threads; stages 1-5 logged 55.0 minutes on 2 cores, 49.8 when rerun at 39d30a9
-with faster rendering and attention masks and identical weights, in its first run in a session where the same
-computations as fast's first 610 steps ran 29% slower than when fast was logged; stage 6 logged 7.1 minutes,
-so 56.9 minutes with the rerun's stages 1-5; `--layerwise`: long videos train 1.03-1.07x faster, measured,
-with other float rounding) keeps fast's stages 1-2 and its long stage 3, and spends the rest on the colour
+`keyed` (the shipped model; 2 threads; all six stages logged 40.6 minutes on 2 cores in one run at 8911d69,
+with identical steps and export (bench/results/demo_train/keyed_rerun_8911d69.json); the same computation
+logged 62.1 minutes in its committed logs (stages 1-5 55.0 in their first run, stage 6 7.1) and 56.9 with
+stages 1-5 rerun at 39d30a9, mostly as the machine's speed drifted (bench/README.md); `--layerwise`: long videos train 1.03-1.07x faster, measured, with other float rounding) keeps fast's stages 1-2 and its long stage 3, and spends the rest on the colour
 filter that counting needs and on counting in long videos (bench/results/demo_counting_experiment.md):
 
 1-2. fast's stages 1-2;
