@@ -23,8 +23,10 @@ training wears away:
 `keyed` (the shipped model; 2 threads; all six stages logged 40.6 minutes on 2 cores in one run at 8911d69,
 with identical steps and export (bench/results/demo_train/keyed_rerun_8911d69.json); the same computation
 logged 62.1 minutes in its committed logs (stages 1-5 55.0 in their first run, stage 6 7.1) and 56.9 with
-stages 1-5 rerun at 39d30a9, mostly as the machine's speed drifted (bench/README.md); `--layerwise`: long videos train 1.03-1.07x faster, measured, with other float rounding) keeps fast's stages 1-2 and its long stage 3, and spends the rest on the colour
-filter that counting needs and on counting in long videos (bench/results/demo_counting_experiment.md):
+stages 1-5 rerun at 39d30a9, mostly as the machine's speed drifted (bench/README.md); `--layerwise`: long
+videos train 1.03-1.07x faster, measured, with other float rounding) keeps fast's stages 1-2 and its long
+stage 3, and spends the rest on the colour filter that counting needs and on counting in long videos
+(bench/results/demo_counting_experiment.md):
 
 1-2. fast's stages 1-2;
 3. fast's stage 4 (300 counting-heavy steps on videos of 8 to 128 frames);
