@@ -23,7 +23,7 @@ setup(
         "av>=11",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "av>=11", "pillow>=9", "scipy>=1.9"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "av>=11", "pillow>=9", "import-linter>=2"],
         "bench": ["matplotlib>=3.6", "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["vxl=vxl.cli:main"]},

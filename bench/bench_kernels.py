@@ -2,7 +2,7 @@
 
 Writes bench/results/kernels_<gpu>.json and .md (GPU, versions, commit). Without CUDA it runs a small
 correctness pre-check through the Triton interpreter and exits 0: timings need a GPU.
-Usage: python bench/bench_kernels.py [--quick]
+Usage: python -m bench.bench_kernels [--quick]
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End-to-end benchmark (`vxl bench`): frames x compression ratio sweep of one request per point (r = 1 is
+"""End-to-end benchmark (`python -m bench.e2e`): frames x compression ratio sweep of one request per point (r = 1 is
 the uncompressed baseline), kept KV, peak memory, seconds per stage, frames/s, tokens/s, MFU on GPU;
 JSON + PNG plots in bench/results/, a scaling-law fit at the end, and a max-frames search on GPU.
 Run from the repository root: `python -m bench.e2e --help`."""
@@ -32,7 +32,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vxl bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
     p.add_argument("--model", default="tiny", help="'tiny', 'full-random' (Qwen2-7B + CLIP-L/336, random "
                    "weights; needs a GPU) or a checkpoint directory")
     p.add_argument("--device", default=None)

@@ -1,4 +1,4 @@
-"""Video needle-in-a-haystack (`vxl niah`): a needle frame (a word written in it, or `--needle-image` pasted
+"""Video needle-in-a-haystack (`python -m bench.niah`): a needle frame (a word written in it, or `--needle-image` pasted
 into it with its own question and options) is put into a haystack video at depths 0..100% for a grid of
 frame counts; the model answers a 4-option question about the needle, scored by
 exact option-letter match (`generate`: first A-D letter of the answer; `likelihood`: most likely letter
@@ -33,7 +33,7 @@ RANDOM_MODELS = ("tiny", "full-random")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vxl niah", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.niah", description=__doc__)
     p.add_argument("--model", default="tiny", help="'tiny' (random weights), 'full-random' or a checkpoint directory")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])

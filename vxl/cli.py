@@ -1,6 +1,7 @@
 """The `vxl` command: `vxl generate VIDEO --prompt ...` answers a question about a video; `vxl demo`
 generates a needle-in-a-haystack video, asks the built-in trained model about it and prints the question,
-the right answer and the model's answer (no files or downloads needed)."""
+the right answer and the model's answer (no files or downloads needed); `vxl plan` sizes a GPU's memory;
+`vxl models` lists the built-in models."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,9 @@ import os
 import sys
 
 import numpy as np
+
+from vxl.engine.planner import DEFAULT_MODEL
+from vxl.model.registry import builtin_model_names, describe_builtin_models
 
 
 def write_demo_video(path: str, num_frames: int = 96, height: int = 120, width: int = 160, fps: int = 24) -> str:
@@ -36,9 +40,12 @@ def format_metrics(m: dict) -> str:
             f"kept_kv={m.get('kept_kv_bytes', 0) / 2**20:.2f}MiB ratio={m.get('compression_ratio')} {secs}]")
 
 
+MODEL_HELP = (f"a built-in model ({', '.join(builtin_model_names())}; see `vxl models`) or a checkpoint "
+              "directory in the official Video-XL layout")
+
+
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="'demo' (built-in small model trained on synthetic videos), "
-                   "'tiny' (built-in, random weights) or a checkpoint directory")
+    p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
@@ -100,7 +107,7 @@ def _run(args, reqs: list[dict]) -> int:
 
 def _demo(args) -> int:
     from vxl import LLM
-    from vxl.train.demo import describe_demo, run_demo
+    from vxl.demo import describe_demo, run_demo
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
@@ -122,19 +129,6 @@ def _plan(args) -> int:
     return 0
 
 
-def _bench_main(command: str, argv: list[str]) -> int:
-    """`vxl bench` / `vxl niah` run the benchmark scripts of a source checkout (bench/ is not installed)."""
-    import importlib
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isfile(os.path.join(root, "bench", "e2e.py")):
-        print(f"vxl {command}: the benchmarks live in bench/ of a source checkout; none found at {root}",
-              file=sys.stderr)
-        return 2
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module("bench.e2e" if command == "bench" else "bench.niah").main(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vxl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,18 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--video-seed", type=int, default=0, help="which synthetic video (any int)")
     _engine_args(demo)
     plan = sub.add_parser("plan", help="memory plan: weights, kept KV per frame, work space, max frames")
-    plan.add_argument("--model", default="videoxl-7b", help="'videoxl-7b', 'tiny' or a checkpoint directory")
+    plan.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP + f" (default {DEFAULT_MODEL})")
     plan.add_argument("--gpu-memory", default="80GiB")
     plan.add_argument("--compression-ratio", type=int, default=16)
     plan.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     plan.add_argument("--attention-backend", default="triton", choices=["torch", "triton"])
     plan.add_argument("--json", action="store_true")
-    for name, module in (("bench", "e2e"), ("niah", "niah")):
-        sub.add_parser(name, add_help=False, help=f"run bench/{module}.py (source checkout; --help for its options)")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("bench", "niah"):
-        return _bench_main(argv[0], argv[1:])
+    sub.add_parser("models", help="list the built-in models")
     args = parser.parse_args(argv)
+    if args.command == "models":
+        print(describe_builtin_models())
+        return 0
     if args.command == "plan":
         return _plan(args)
     if args.command == "generate":

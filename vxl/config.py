@@ -46,7 +46,7 @@ class ModelConfig:
     mm_vision_select_feature: str = "patch"
     mm_spatial_pool_stride: int = 2
     mm_spatial_pool_mode: str = "average"
-    # single images: anyres tiling (vxl.engine.image)
+    # single images: anyres tiling into CLIP-sized tiles
     image_aspect_ratio: str | None = None
     image_grid_pinpoints: object = None
     mm_patch_merge_type: str | None = None

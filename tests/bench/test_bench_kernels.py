@@ -1,4 +1,4 @@
-"""The kernel benchmark's correctness pre-check (what `bench/bench_kernels.py` runs without CUDA) on its tiny
+"""The kernel benchmark's correctness pre-check (what `python -m bench.bench_kernels` runs without CUDA) on its tiny
 shapes, so the script is exercised by CI."""
 import os
 import sys

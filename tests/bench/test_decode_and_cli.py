@@ -1,5 +1,5 @@
-"""The sampled-frame decoding benchmark on a tiny generated video, and the `vxl bench` / `vxl niah` command
-wrappers on 2-point sweeps (the benchmarks live in bench/ of the source checkout)."""
+"""The sampled-frame decoding benchmark on a tiny generated video, and the end-to-end and needle benchmarks
+(`python -m bench.e2e`, `python -m bench.niah`) on 2-point sweeps."""
 import json
 import os
 import sys
@@ -12,7 +12,7 @@ if REPO_ROOT not in sys.path:
 
 from bench import decode  # noqa: E402
 from bench.e2e import CPU_FRAMES, sweep_frames  # noqa: E402
-from vxl.cli import main as vxl_main  # noqa: E402
+from bench import e2e, niah  # noqa: E402
 
 POINT_FIELDS = {"method", "readers", "keyframe_snap", "num_frames", "seconds", "seconds_all", "frames_per_s",
                 "speedup_vs_released", "frame_indices", "max_index_shift"}
@@ -68,8 +68,8 @@ def test_e2e_max_frames_extends_the_default_sweep():
         assert exc.value.code != 0
 
 
-def test_vxl_bench_command_runs_a_two_point_sweep(tmp_path):
-    rc = vxl_main(["bench", "--max-frames", "20", "--ratios", "2", "4", "--no-isolate", "--max-tokens", "2",
+def test_e2e_benchmark_runs_a_two_point_sweep(tmp_path):
+    rc = e2e.main([ "--max-frames", "20", "--ratios", "2", "4", "--no-isolate", "--max-tokens", "2",
                    "--repeats", "1", "--min-seconds", "0", "--no-warmup", "--threads", "1",
                    "--out", str(tmp_path), "--name", "cli"])
     assert rc == 0
@@ -80,8 +80,8 @@ def test_vxl_bench_command_runs_a_two_point_sweep(tmp_path):
     assert os.path.isfile(tmp_path / "cli_memory.png") and os.path.isfile(tmp_path / "cli_time.png")
 
 
-def test_vxl_niah_command_runs_a_two_point_grid(tmp_path):
-    rc = vxl_main(["niah", "--frames", "8", "--depths", "0", "1", "--trials", "1", "--max-tokens", "2",
+def test_niah_benchmark_runs_a_two_point_grid(tmp_path):
+    rc = niah.main([ "--frames", "8", "--depths", "0", "1", "--trials", "1", "--max-tokens", "2",
                    "--out", str(tmp_path), "--name", "cli"])
     assert rc == 0
     with open(tmp_path / "cli.json") as f:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vxl.engine.block_manager import BlockManager, BlockTable, OutOfPages
+from vxl.engine.kv_cache import BlockManager, BlockTable, OutOfPages
 
 OPS = st.lists(st.tuples(st.sampled_from(["new", "append", "share", "release"]), st.integers(0, 50),
                          st.integers(0, 40)), max_size=80)

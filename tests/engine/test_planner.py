@@ -10,7 +10,7 @@ from vxl.engine.planner import GiB, configs_for, parse_bytes, plan_memory, works
 
 
 def test_qwen2_7b_numbers_equal_the_design_formula():
-    cfg, clip = configs_for("videoxl-7b")
+    cfg, clip = configs_for("full-random")
     plan = plan_memory(cfg, clip, 80 * GiB, ratio=16, dtype_bytes=2)
     assert plan.bytes_per_token == 2 * 28 * 4 * 128 * 2 == 56 * 1024
     assert plan.tokens_per_frame == 144
@@ -28,7 +28,7 @@ def test_qwen2_7b_numbers_equal_the_design_formula():
 
 @pytest.mark.parametrize("ratio", [1, 2, 4, 8, 16])
 def test_max_frames_scales_with_the_ratio(ratio):
-    cfg, clip = configs_for("videoxl-7b")
+    cfg, clip = configs_for("full-random")
     base = plan_memory(cfg, clip, 80 * GiB, ratio=1)
     plan = plan_memory(cfg, clip, 80 * GiB, ratio=ratio)
     assert abs(plan.max_frames - base.max_frames * ratio) <= ratio + base.max_frames * ratio * 0.01
@@ -38,7 +38,7 @@ def test_parse_bytes_and_cli(capsys):
     assert parse_bytes("80GiB") == 80 * GiB and parse_bytes("512 MiB") == 512 * 2**20 and parse_bytes("1000") == 1000
     with pytest.raises(ValueError):
         parse_bytes("lots")
-    assert main(["plan", "--gpu-memory", "24GiB", "--compression-ratio", "16", "--json"]) == 0
+    assert main(["plan", "--model", "full-random", "--gpu-memory", "24GiB", "--compression-ratio", "16", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["bytes_per_token"] == 57344 and plan["max_frames"] > 2048
     assert main(["plan", "--model", "tiny", "--gpu-memory", "2GiB", "--dtype", "float32"]) == 0

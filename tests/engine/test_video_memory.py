@@ -41,7 +41,7 @@ def test_memory_answers_like_a_fresh_request_and_prefills_only_the_question(ckpt
                            "compression_ratio": ratio} for q in questions], PARAMS, use_tqdm=False)
     rows = []
     run = llm.runner.run
-    llm.runner.run = lambda chunks: rows.extend((c.kind, c.embeds.shape[0]) for c in chunks) or run(chunks)
+    llm.runner.run = lambda chunks: rows.extend((c.kind, c.num_inputs) for c in chunks) or run(chunks)
     reused = llm.generate([{"prompt_token_ids": PREFIX + [IMAGE_TOKEN_INDEX] + q, "video_memory": mem}
                            for q in questions], PARAMS, use_tqdm=False)
     del llm.runner.run

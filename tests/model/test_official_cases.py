@@ -72,9 +72,7 @@ def test_prefill_logits_and_kept_kv(official, case):
     with torch.inference_mode():
         while True:
             chunk = seq.next_chunk()
-            step = llm.runner.build_step([chunk])
-            hidden = llm.model(chunk.embeds, step, llm.runner.kv_caches, llm.ops)
-            seq.table.num_tokens += chunk.num_kept
+            hidden, _ = llm.runner.forward([chunk])      # appends the kept K/V, advances the kept length
             if chunk.sample:      # the last text chunk (chunks of beacon_window rows, as the original)
                 got = llm.model.compute_logits(hidden)
                 break
@@ -82,7 +80,7 @@ def test_prefill_logits_and_kept_kv(official, case):
     assert torch.allclose(got, expected_logits, atol=1e-4, rtol=0)
     mem = meta[case]["memory_after_prefill"]
     sink, beacon, raw = mem["sink"], mem["beacon"], mem["raw"]
-    for layer, (k_cache, v_cache) in enumerate(llm.runner.kv_caches):
+    for layer, (k_cache, v_cache) in enumerate(llm.kv_cache.layers):
         k, v = gather_kv(k_cache, v_cache, torch.tensor(seq.table.pages), sink + beacon + raw)
         ref_k = torch.cat([tensors[f"{case}/prefill_mem/{part}_key_L{layer}"] for part in ("sink", "beacon", "raw")], 1)
         ref_v = torch.cat([tensors[f"{case}/prefill_mem/{part}_value_L{layer}"] for part in ("sink", "beacon", "raw")], 1)

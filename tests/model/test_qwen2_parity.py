@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from helpers import small_config
-from vxl.engine.block_manager import BlockManager, BlockTable
+from vxl.engine.kv_cache import KVCache
 from vxl.engine.runner import ModelRunner
 from vxl.engine.sequence import Chunk
 from vxl.kernels import get_backend
@@ -39,10 +39,10 @@ def test_text_logits_match_transformers_qwen2():
     ids = torch.randint(0, 120, (1, 37))
     with torch.no_grad():
         expected = hf(ids).logits[0]
-        manager = BlockManager(8, 7)
-        seq = _Seq(BlockTable(manager))
-        runner = ModelRunner(ours, get_backend("torch"), 8, 7, torch.float32, torch.device("cpu"))
-        chunk = Chunk(seq, ours.embed_tokens(ids[0]), None, 37, True, "text")
-        step = runner.build_step([chunk])
-        got = ours.compute_logits(ours(chunk.embeds, step, runner.kv_caches, runner.ops))
+        kv_cache = KVCache(3, 8, 7, cfg.num_key_value_heads, cfg.head_dim, torch.float32, torch.device("cpu"))
+        seq = _Seq(kv_cache.new_table())
+        runner = ModelRunner(ours, get_backend("torch"), kv_cache)
+        chunk = Chunk(seq, "text", 37, True, token_ids=ids[0].tolist())
+        hidden, _ = runner.forward([chunk])
+        got = ours.compute_logits(hidden)
     assert (got - expected).abs().max() < 1e-5

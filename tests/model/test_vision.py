@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModel
 
-from vxl.engine.preprocess import ImageProcessorConfig
+from vxl.model.clip_configs import ImageProcessorConfig
 from vxl.model.clip_configs import (CLIP_VIT_L_336_NAME, clip_vit_large_patch14_336, load_clip_dir,
                                     resolve_vision_tower)
 from vxl.model.vision import VisionTower, build_projector, encode_frames, tokens_per_frame

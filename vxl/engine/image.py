@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vxl.engine.preprocess import ImageProcessorConfig, preprocess_frames
+from vxl.engine.preprocess import preprocess_frames
+from vxl.model.clip_configs import ImageProcessorConfig
 
 SUPPORTED_ASPECT_RATIO = "anyres"
 SUPPORTED_MERGE_TYPE = "unires"

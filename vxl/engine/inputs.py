@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from vxl.config import IMAGE_TOKEN_INDEX, ModelConfig
+from vxl.config import IMAGE_TOKEN_INDEX, EngineConfig, ModelConfig
 from vxl.engine.request import Request
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.visual import EmbedsTokens, VideoTokens
 from vxl.engine.vst import count_vst
+from vxl.model.clip_configs import ImageProcessorConfig
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_PLACEHOLDER = "<image>"
@@ -21,6 +23,21 @@ IMAGE_PLACEHOLDER = "<image>"
 
 class RequestError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class InputContext:
+    """What preparing a request needs from the engine: the model's config, tokenizer and vision side (the
+    model when it has a vision tower: `encode_frames`, `tokens_per_frame`; else None), the engine's video
+    settings, where visual tensors go, and the NVTX-style `annotate` that video decoding reports to."""
+    config: ModelConfig
+    engine_config: EngineConfig
+    tokenizer: object | None
+    vision: object | None
+    image_processor: ImageProcessorConfig | None
+    device: torch.device
+    dtype: torch.dtype
+    annotate: Callable
 
 
 @dataclass
@@ -35,7 +52,7 @@ class PreparedRequest:
     def max_kept_tokens(self, cfg: ModelConfig, params: SamplingParams) -> int:
         if self.memory is not None:     # new entries: the partial last page, the suffix, the answer
             suffix = len(self.prompt_ids) - self.placeholder_idx - 1
-            return self.memory.num_kept % self.memory.table.manager.page_size + suffix + params.max_tokens
+            return self.memory.num_kept % self.memory.kv_cache.page_size + suffix + params.max_tokens
         text = len(self.prompt_ids) - (self.placeholder_idx is not None)
         vst = count_vst(self.visual.num_tokens, cfg.beacon_window, self.ratio) if self.visual is not None else 0
         return text + vst + params.max_tokens
@@ -51,7 +68,8 @@ class MemoryVisual:
         pass
 
 
-def memory_request(llm, req: Request, ids: list[int], placeholder: int | None) -> PreparedRequest:
+def memory_request(req: Request, ids: list[int], placeholder: int | None) -> PreparedRequest:
+    """A request answered from `req.video_memory`; the engine binds the memory to its KV cache."""
     from vxl.engine.video_memory import VideoMemory
     mem = req.video_memory
     if not isinstance(mem, VideoMemory):
@@ -62,10 +80,6 @@ def memory_request(llm, req: Request, ids: list[int], placeholder: int | None) -
         raise RequestError("the prompt before the video differs from the one this video memory was encoded with")
     if req.compression_ratio is not None and req.compression_ratio != mem.ratio:
         raise RequestError(f"compression_ratio {req.compression_ratio} differs from the video memory's ({mem.ratio})")
-    try:
-        mem.bind(llm)
-    except ValueError as exc:
-        raise RequestError(str(exc)) from None
     rid = str(req.request_id) if req.request_id is not None else None
     return PreparedRequest(rid, ids, placeholder, MemoryVisual(mem), mem.ratio, mem)
 
@@ -128,12 +142,12 @@ def visual_from_embeds(embeds, hidden: int, device, dtype) -> EmbedsTokens:
     return EmbedsTokens(embeds.to(device=device, dtype=dtype))
 
 
-def visual_from_images(llm, image, images) -> VideoTokens:
+def visual_from_images(ctx: InputContext, image, images) -> VideoTokens:
     """One image -> its anyres tiles; several images -> one frame each; both then stream like video frames."""
     from vxl.engine import image as img
-    if not llm.model.has_vision:
+    if ctx.vision is None:
         raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
-    proc, cfg = llm.loaded.image_processor, llm.config
+    proc, cfg = ctx.image_processor, ctx.config
     try:
         if image is not None:
             img.check_image_config(cfg.image_aspect_ratio, cfg.mm_patch_merge_type)
@@ -145,29 +159,29 @@ def visual_from_images(llm, image, images) -> VideoTokens:
             frames = img.images_as_frames(list(images), proc)               # (N, S, S, 3)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
-    return visual_from_video(llm, frames, None)
+    return visual_from_video(ctx, frames, None)
 
 
-def visual_from_video(llm, video, num_frames) -> VideoTokens:
-    if not llm.model.has_vision:
+def visual_from_video(ctx: InputContext, video, num_frames) -> VideoTokens:
+    if ctx.vision is None:
         raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
         raise RequestError(f"num_frames must be an int >= 1, got {num_frames!r}")
     from vxl.engine.video import open_video
-    ec = llm.engine_config
+    ec = ctx.engine_config
     is_file = isinstance(video, (str, os.PathLike))
     options = {"num_workers": ec.video_decode_workers, "keyframe_snap": ec.keyframe_snap} if is_file else {}
     try:
         source = open_video(video, num_frames, **options)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
-    frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)
-    return VideoTokens(source, llm.model, llm.loaded.image_processor, llm.device, frames_per_window,
-                       annotate=llm.annotate)
+    frames_per_window = -(-ctx.config.beacon_window // ctx.vision.tokens_per_frame)
+    return VideoTokens(source, ctx.vision, ctx.image_processor, ctx.device, frames_per_window, annotate=ctx.annotate)
 
 
-def prepare_request(llm, req: Request) -> PreparedRequest:
-    cfg = llm.config
+def prepare_request(ctx: InputContext, req: Request) -> PreparedRequest:
+    """Validate `req` and open its visual input; a `RequestError` names the first problem found."""
+    cfg = ctx.config
     rid = str(req.request_id) if req.request_id is not None else None
     sources = [n for n in ("video", "image", "images", "visual_embeds", "video_memory") if getattr(req, n) is not None]
     if len(sources) > 1:
@@ -178,7 +192,7 @@ def prepare_request(llm, req: Request) -> PreparedRequest:
     if (req.prompt is None) == (req.prompt_token_ids is None):
         raise RequestError("give exactly one of prompt and prompt_token_ids")
     if req.prompt is not None:
-        ids = prompt_ids_from_text(llm.tokenizer, req.prompt, bool(sources))
+        ids = prompt_ids_from_text(ctx.tokenizer, req.prompt, bool(sources))
     else:
         ids = check_token_ids(req.prompt_token_ids, cfg.vocab_size)
     if not ids:
@@ -191,13 +205,13 @@ def prepare_request(llm, req: Request) -> PreparedRequest:
     if placeholder is not None and placeholder == len(ids) - 1:
         raise RequestError("the prompt needs at least one token after the video placeholder")
     if req.video_memory is not None:
-        return memory_request(llm, req, ids, placeholder)
+        return memory_request(req, ids, placeholder)
     ratio = check_ratio(req.compression_ratio if req.compression_ratio is not None else cfg.default_ratio)
     visual = None
     if req.visual_embeds is not None:
-        visual = visual_from_embeds(req.visual_embeds, cfg.hidden_size, llm.device, llm.dtype)
+        visual = visual_from_embeds(req.visual_embeds, cfg.hidden_size, ctx.device, ctx.dtype)
     elif req.video is not None:
-        visual = visual_from_video(llm, req.video, req.num_frames)
+        visual = visual_from_video(ctx, req.video, req.num_frames)
     elif req.image is not None or req.images is not None:
-        visual = visual_from_images(llm, req.image, req.images)
+        visual = visual_from_images(ctx, req.image, req.images)
     return PreparedRequest(rid, ids, placeholder, visual, ratio)

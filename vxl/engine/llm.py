@@ -10,9 +10,9 @@ from tqdm.auto import tqdm
 
 from vxl.config import EngineConfig
 from vxl.config import IMAGE_TOKEN_INDEX
-from vxl.engine.block_manager import BlockManager, BlockTable, OutOfPages
-from vxl.engine.inputs import (RequestError, check_ratio, check_token_ids, prepare_request, prompt_ids_from_text,
-                               visual_from_embeds, visual_from_images, visual_from_video)
+from vxl.engine.inputs import (InputContext, RequestError, check_ratio, check_token_ids, prepare_request,
+                               prompt_ids_from_text, visual_from_embeds, visual_from_images, visual_from_video)
+from vxl.engine.kv_cache import KVCache, OutOfPages
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams, sample_token
@@ -21,6 +21,8 @@ from vxl.engine.sequence import Sequence
 from vxl.engine.video_memory import VideoMemory, model_fingerprint
 from vxl.engine.vst import window_lengths
 from vxl.kernels import get_backend
+from vxl.model.loader import LoadedModel
+from vxl.model.registry import builtin_model_names, load_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,25 +44,23 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 class LLM:
     """Video-XL inference engine.
 
-    model: "tiny" (built-in random model, CPU-friendly; its answers are meaningless), "demo" (the small
-    Video-XL shipped with the package, trained on synthetic long videos: it answers needle, ordering and
-    counting questions about them; see vxl.train), "full-random"
-    (the real architecture with random weights, for benchmarks), a checkpoint directory in the official
-    layout, or an already built `vxl.model.loader.LoadedModel`. device/dtype/attention_backend default to cuda/bfloat16/triton
-    when CUDA is available, else cpu/float32/torch. Engine knobs: page_size, num_pages or
-    kv_cache_bytes (size of the page pool), max_batch_tokens (rows per packed forward), text_chunk_size,
-    video_decode_workers (parallel decord readers per video file), keyframe_snap (sample the nearest
-    keyframes instead of exact uniform indices: much faster decoding, slightly uneven spacing).
+    model: a built-in name (`vxl.model.registry`: "tiny", a small random model, CPU-friendly, its answers
+    meaningless; "demo", the small Video-XL shipped with the package, trained on synthetic long videos;
+    "full-random", the real architecture with random weights, for benchmarks), a checkpoint directory in the
+    official layout, or an already built `vxl.model.loader.LoadedModel`. device/dtype/attention_backend
+    default to cuda/bfloat16/triton when CUDA is available, else cpu/float32/torch. Engine knobs: page_size,
+    num_pages or kv_cache_bytes (size of the page pool), max_batch_tokens (rows per packed forward),
+    text_chunk_size, video_decode_workers (parallel decord readers per video file), keyframe_snap (sample the
+    nearest keyframes instead of exact uniform indices: much faster decoding, slightly uneven spacing).
     """
 
     def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
                  page_size: int = 16, num_pages: int | None = None, kv_cache_bytes: int | None = None,
                  max_batch_tokens: int = 8192, text_chunk_size: int | None = None, video_decode_workers: int = 1,
                  keyframe_snap: bool = False, seed: int = 0):
-        from vxl.model.loader import LoadedModel
         if not isinstance(model, (str, LoadedModel)):
-            raise TypeError(f"model must be 'tiny', 'demo', 'full-random', a checkpoint directory or a LoadedModel, "
-                            f"not {type(model).__name__}")
+            raise TypeError(f"model must be a built-in name ({', '.join(builtin_model_names())}), a checkpoint "
+                            f"directory or a LoadedModel, not {type(model).__name__}")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = resolve_dtype(dtype, self.device)
         backend = attention_backend or ("triton" if self.device.type == "cuda" else "torch")
@@ -74,32 +74,25 @@ class LLM:
         self.bytes_per_token = self.config.bytes_per_token(self.dtype.itemsize)
         if num_pages is None:
             num_pages = max(1, self._kv_budget(kv_cache_bytes) // (page_size * self.bytes_per_token))
-        self.block_manager = BlockManager(num_pages, page_size)
-        self.runner = ModelRunner(self.model, self.ops, num_pages, page_size, self.dtype, self.device)
+        cfg = self.config
+        self.kv_cache = KVCache(cfg.num_hidden_layers, num_pages, page_size, cfg.num_key_value_heads, cfg.head_dim,
+                                self.dtype, self.device)
+        self.block_manager = self.kv_cache.pool      # the page pool (its `check()` verifies the invariants)
+        self.runner = ModelRunner(self.model, self.ops, self.kv_cache)
         self.seed = seed
         self.model_fingerprint = model_fingerprint(self.model, self.config)
         # NVTX ranges (no-ops without a profiler): decode-video, vision, windows, text-prefill, decode.
         # Any callable name -> context manager will do (tests record the ranges with one).
         self.annotate = nvtx.annotate
 
-    def _load(self, model, seed: int):
-        from vxl.model.loader import LoadedModel, load_checkpoint
+    def _load(self, model, seed: int) -> LoadedModel:
         if isinstance(model, LoadedModel):     # an already built model (benchmarks reuse one across pools)
             param = next(model.model.parameters())
             if param.device.type != self.device.type or param.dtype != self.dtype:
                 raise ValueError(f"the LoadedModel is on {param.device} in {param.dtype}, the engine wants "
                                  f"{self.device} in {self.dtype}")
             return model
-        if model == "tiny":
-            from vxl.model.tiny import build_tiny
-            return build_tiny(self.device, self.dtype, seed=seed)
-        if model == "demo":
-            from vxl.train.demo import demo_checkpoint_path
-            return load_checkpoint(demo_checkpoint_path(), self.device, self.dtype)
-        if model == "full-random":             # Qwen2-7B + CLIP-L/336 shapes, random weights (benchmarks)
-            from vxl.model.random_full import build_random_full
-            return build_random_full(self.device, self.dtype, seed=seed)
-        return load_checkpoint(model, self.device, self.dtype)
+        return load_model(model, self.device, self.dtype, seed)
 
     def _kv_budget(self, kv_cache_bytes: int | None) -> int:
         if kv_cache_bytes is not None:
@@ -119,17 +112,28 @@ class LLM:
                 bm.num_pages - bm.num_free_pages, "page_size": bm.page_size, "bytes_per_token": self.bytes_per_token,
                 "total_bytes": bm.num_pages * bm.page_size * self.bytes_per_token}
 
+    def _input_context(self) -> InputContext:
+        vision = self.model if self.model.has_vision else None
+        return InputContext(self.config, self.engine_config, self.tokenizer, vision, self.loaded.image_processor,
+                            self.device, self.dtype, self.annotate)
+
     def _new_sequence(self, index: int, request: Request, params: SamplingParams) -> tuple[Sequence, int]:
-        prep = prepare_request(self, request)
+        prep = prepare_request(self._input_context(), request)
         generator = None
         if not params.is_greedy:
             generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.seed + index)
-        table = prep.memory.fork_table() if prep.memory is not None else BlockTable(self.block_manager)
+        if prep.memory is not None:
+            try:
+                prep.memory.bind(self.kv_cache, self.model_fingerprint)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
+            table = prep.memory.fork_table()
+        else:
+            table = self.kv_cache.new_table()
         window = self.config.beacon_window
         rid = prep.request_id if prep.request_id is not None else str(index)
         seq = Sequence(index, rid, prep.prompt_ids, prep.placeholder_idx, prep.visual, prep.ratio, params, table,
-                       self.model, window, self.engine_config.text_chunk_size or window, generator,
-                       memory=prep.memory)
+                       window, self.engine_config.text_chunk_size or window, generator, memory=prep.memory)
         return seq, prep.max_kept_tokens(self.config, params)
 
     def generate(self, requests, sampling_params: SamplingParams | list[SamplingParams] | None = None,
@@ -244,13 +248,12 @@ class LLM:
         if visual_embeds is not None:
             visual = visual_from_embeds(visual_embeds, self.config.hidden_size, self.device, self.dtype)
         elif video is not None:
-            visual = visual_from_video(self, video, num_frames)
+            visual = visual_from_video(self._input_context(), video, num_frames)
         else:
-            visual = visual_from_images(self, image, images)
+            visual = visual_from_images(self._input_context(), image, images)
         window = self.config.beacon_window
         seq = Sequence(0, "encode", prefix + [IMAGE_TOKEN_INDEX], len(prefix), visual, ratio, SamplingParams(),
-                       BlockTable(self.block_manager), self.model, window,
-                       self.engine_config.text_chunk_size or window, None)
+                       self.kv_cache.new_table(), window, self.engine_config.text_chunk_size or window, None)
         try:
             with torch.inference_mode():
                 for chunk in tqdm(seq.prefill, desc="windows", disable=not use_tqdm):
@@ -261,10 +264,8 @@ class LLM:
         except BaseException:
             seq.release()
             raise
-        mem = VideoMemory(self.model_fingerprint, prefix, ratio, visual.num_frames or 0, visual.num_tokens,
-                          seq.num_vst, seq.kept_len)
-        mem.table, mem.engine = seq.table, self
-        return mem
+        return VideoMemory(self.model_fingerprint, prefix, ratio, visual.num_frames or 0, visual.num_tokens,
+                           seq.num_vst, seq.kept_len, kv_cache=self.kv_cache, table=seq.table)
 
     def _output(self, seq: Sequence) -> RequestOutput:
         ids = seq.output_ids

@@ -6,8 +6,6 @@ keeps free beside the page pool. `vxl plan` prints a plan; the engine sizes its 
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
 
@@ -16,8 +14,11 @@ from transformers import CLIPVisionConfig
 
 from vxl.config import ModelConfig
 from vxl.engine.vst import count_vst
+from vxl.model.registry import model_configs
+from vxl.model.vision import num_patches, tokens_per_frame
 
 GiB = 2**30
+DEFAULT_MODEL = "full-random"       # the released Video-XL-7B shapes
 
 
 @dataclass
@@ -81,9 +82,8 @@ def workspace_bytes(cfg: ModelConfig, clip: CLIPVisionConfig | None, ratio: int,
         scores = nh * rows * (rows + max_kept_tokens) * 4 * 2
     vision = 0
     if clip is not None:
-        tpf = (clip.image_size // clip.patch_size // cfg.mm_spatial_pool_stride) ** 2
-        frames = -(-cfg.beacon_window // tpf)
-        seq = (clip.image_size // clip.patch_size) ** 2 + 1
+        frames = -(-cfg.beacon_window // tokens_per_frame(clip, cfg.mm_spatial_pool_stride))
+        seq = num_patches(clip) + 1                                                       # + CLS
         vision = frames * seq * (6 * clip.hidden_size + 2 * clip.intermediate_size) * dtype_bytes
         vision += frames * seq * seq * clip.num_attention_heads * dtype_bytes              # attention scores
         vision += frames * (seq - 1) * cfg.hidden_size * 2 * dtype_bytes                     # projector
@@ -100,7 +100,7 @@ def plan_memory(cfg: ModelConfig, clip: CLIPVisionConfig | None, memory_bytes: i
         raise ValueError("compression ratio must be >= 1")
     if reserve_bytes is None:
         reserve_bytes = min(GiB, memory_bytes // 20)
-    tpf = (clip.image_size // clip.patch_size // cfg.mm_spatial_pool_stride) ** 2 if clip is not None else 0
+    tpf = tokens_per_frame(clip, cfg.mm_spatial_pool_stride) if clip is not None else 0
     bpt = cfg.bytes_per_token(dtype_bytes)
     weights = parameter_bytes(cfg, clip, dtype_bytes)
     kv_per_frame = tpf / ratio * bpt
@@ -115,22 +115,6 @@ def plan_memory(cfg: ModelConfig, clip: CLIPVisionConfig | None, memory_bytes: i
     return MemoryPlan(weights, bpt, tpf, ratio, kv_per_frame, work, reserve_bytes, memory_bytes, max(0, max_frames))
 
 
-def configs_for(model: str) -> tuple[ModelConfig, CLIPVisionConfig | None]:
-    """Configs of 'tiny', 'videoxl-7b' (the released architecture) or a checkpoint directory (no weights read)."""
-    if model == "tiny":
-        from vxl.model.tiny import TINY_CLIP, tiny_model_config
-        return tiny_model_config(vocab_size=259), CLIPVisionConfig(**TINY_CLIP)
-    if model == "videoxl-7b":
-        from vxl.model.random_full import random_full_configs
-        return random_full_configs()
-    path = os.path.join(model, "config.json")
-    if not os.path.exists(path):
-        raise ValueError(f"{model!r} is not 'tiny', 'videoxl-7b' or a checkpoint directory with a config.json")
-    with open(path) as f:
-        cfg = ModelConfig.from_dict(json.load(f))
-    clip = None
-    if cfg.mm_vision_tower:
-        from vxl.model.clip_configs import resolve_vision_tower
-        clip = resolve_vision_tower(cfg.mm_vision_tower, model)[0]
-    return cfg, clip
-
+def configs_for(model: str = DEFAULT_MODEL) -> tuple[ModelConfig, CLIPVisionConfig | None]:
+    """Configs of a built-in model (`vxl.model.registry`) or a checkpoint directory; no weights are read."""
+    return model_configs(model)

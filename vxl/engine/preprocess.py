@@ -1,97 +1,18 @@
 """CLIP image preprocessing of video frames, batched in torch: what `CLIPImageProcessor` computes
 (PIL resize of the shortest side, center crop, rescale, normalise) on uint8 frames [T, H, W, 3],
-without a per-frame PIL loop. `ImageProcessorConfig` is read from a CLIP `preprocessor_config.json`.
+without a per-frame PIL loop. The settings (`ImageProcessorConfig`) live with the CLIP configs in the model layer.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PIL_RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}   # PIL.Image.BILINEAR, PIL.Image.BICUBIC
-# Keys of a preprocessor_config.json that do not change the pixels vxl computes.
-_METADATA_KEYS = {"feature_extractor_type", "image_processor_type", "processor_class", "do_convert_rgb",
-                  "data_format", "input_data_format", "return_tensors", "device"}
+# re-exported: the engine's preprocessing and its settings are imported together
+from vxl.model.clip_configs import CLIP_MEAN, CLIP_STD, PIL_RESAMPLE_MODES, ImageProcessorConfig
 
-
-@dataclass(frozen=True)
-class ImageProcessorConfig:
-    """The CLIPImageProcessor settings vxl honours. Frames are RGB already (do_convert_rgb is a no-op)."""
-    shortest_edge: int = 336
-    crop_size: int = 336
-    image_mean: tuple[float, float, float] = CLIP_MEAN
-    image_std: tuple[float, float, float] = CLIP_STD
-    rescale_factor: float = 1 / 255
-    resample: int = 3
-    do_resize: bool = True
-    do_center_crop: bool = True
-    do_rescale: bool = True
-    do_normalize: bool = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
-        object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))
-        if self.resample not in PIL_RESAMPLE_MODES:
-            raise ValueError(f"resample={self.resample} is not supported (2 = bilinear, 3 = bicubic)")
-        if self.shortest_edge < 1 or self.crop_size < 1:
-            raise ValueError(f"shortest_edge={self.shortest_edge} and crop_size={self.crop_size} must be >= 1")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean {self.image_mean} / image_std {self.image_std}: 3 values, std > 0")
-
-    @classmethod
-    def clip_vit_l_336(cls) -> ImageProcessorConfig:
-        """openai/clip-vit-large-patch14-336: shortest side 336 bicubic, crop 336, 1/255, CLIP mean/std."""
-        return cls()
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ImageProcessorConfig:
-        """Old (`"size": 336`) and new (`"size": {"shortest_edge": 336}`) layouts; unknown keys raise."""
-        d = dict(d)
-        kwargs = {}
-        if "size" in d:
-            size = d.pop("size")
-            if isinstance(size, dict):
-                if set(size) != {"shortest_edge"}:
-                    raise ValueError(f"size={size}: only a shortest_edge resize is supported")
-                size = size["shortest_edge"]
-            kwargs["shortest_edge"] = int(size)
-        if "crop_size" in d:
-            crop = d.pop("crop_size")
-            if isinstance(crop, dict):
-                if set(crop) != {"height", "width"} or crop["height"] != crop["width"]:
-                    raise ValueError(f"crop_size={crop}: only a square crop is supported")
-                crop = crop["height"]
-            kwargs["crop_size"] = int(crop)
-        for key in ("image_mean", "image_std"):
-            if key in d:
-                kwargs[key] = tuple(float(v) for v in d.pop(key))
-        for key in ("rescale_factor", "resample", "do_resize", "do_center_crop", "do_rescale", "do_normalize"):
-            if key in d:
-                kwargs[key] = d.pop(key)
-        unknown = sorted(set(d) - _METADATA_KEYS)
-        if unknown:
-            raise ValueError(f"unsupported preprocessor_config keys: {unknown}")
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        """preprocessor_config.json content (the current CLIPImageProcessor layout); from_dict inverts it."""
-        return {"size": {"shortest_edge": self.shortest_edge},
-                "crop_size": {"height": self.crop_size, "width": self.crop_size},
-                "image_mean": list(self.image_mean), "image_std": list(self.image_std),
-                "rescale_factor": self.rescale_factor, "resample": self.resample, "do_resize": self.do_resize,
-                "do_center_crop": self.do_center_crop, "do_rescale": self.do_rescale,
-                "do_normalize": self.do_normalize, "image_processor_type": "CLIPImageProcessor"}
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> ImageProcessorConfig:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ImageProcessorConfig", "preprocess_frames", "resize_output_size"]
 
 
 def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:

@@ -1,22 +1,32 @@
-"""Model runner: packs the chunks of one step into a single forward over the paged KV cache.
-
-Owns the cache tensors: per layer (k_cache, v_cache), each [num_pages, page_size, nkv, hd].
+"""Model runner: embeds the chunks of one step and packs them into a single forward over the paged KV cache
+(`vxl.engine.kv_cache.KVCache`, whose pages the model's layers read and append to).
 """
 from __future__ import annotations
 
 import torch
 
+from vxl.engine.kv_cache import KVCache
 from vxl.engine.sequence import Chunk
 from vxl.model.qwen2 import StepInfo
 
 
 class ModelRunner:
-    def __init__(self, model, ops, num_pages: int, page_size: int, dtype: torch.dtype, device: torch.device):
-        cfg = model.config
-        self.model, self.ops, self.device = model, ops, device
-        shape = (num_pages, page_size, cfg.num_key_value_heads, cfg.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-                          for _ in range(cfg.num_hidden_layers)]
+    def __init__(self, model, ops, kv_cache: KVCache):
+        self.model, self.ops, self.kv_cache = model, ops, kv_cache
+        self.device = kv_cache.device
+
+    def embed(self, chunks: list[Chunk]) -> torch.Tensor:
+        """(S, H) source rows of the step in chunk order: token embeddings of text/decode chunks, the raw
+        visual embeddings of windows (their VSTs are added by the first layer)."""
+        dtype = self.model.beacon_embedding().dtype
+        parts = []
+        for c in chunks:
+            if c.token_ids is not None:
+                ids = torch.tensor(c.token_ids, dtype=torch.long, device=self.device)
+                parts.append(self.model.embed_tokens(ids))
+            else:
+                parts.append(c.embeds.to(device=self.device, dtype=dtype))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _rows_of(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(is_vst, kept_positions, slot_mapping) of one chunk's rows; reserves the pages it needs."""
@@ -30,11 +40,7 @@ class ModelRunner:
             is_vst = chunk.is_vst
             # the k-th VST of the window becomes kept entry kept + k; raw rows are not kept (-1)
             kept_idx = torch.where(is_vst, kept + is_vst.long().cumsum(0) - 1, -1)
-        pages = torch.tensor(table.pages, dtype=torch.long, device=self.device)
-        ps = table.manager.page_size
-        safe = kept_idx.clamp(min=0)
-        slots = torch.where(kept_idx >= 0, pages[safe // ps] * ps + safe % ps, -1)
-        return is_vst, kept_idx.clamp(min=0), slots
+        return is_vst, kept_idx.clamp(min=0), self.kv_cache.slot_mapping(table, kept_idx)
 
     def build_step(self, chunks: list[Chunk]) -> StepInfo:
         rows = [self._rows_of(c) for c in chunks]
@@ -46,7 +52,7 @@ class ModelRunner:
         for i, c in enumerate(chunks):
             tables[i, :len(c.seq.table.pages)] = torch.tensor(c.seq.table.pages, dtype=torch.int32)
         cu = torch.tensor([0] + lens, device=self.device).cumsum(0).to(torch.int32)
-        cu_src = torch.tensor([0] + [c.embeds.shape[0] for c in chunks], device=self.device).cumsum(0).to(torch.int32)
+        cu_src = torch.tensor([0] + [c.num_inputs for c in chunks], device=self.device).cumsum(0).to(torch.int32)
         is_vst = torch.cat([r[0] for r in rows])
         return StepInfo(positions=positions, is_vst=is_vst,
                         kept_positions=torch.cat([r[1] for r in rows]),
@@ -58,15 +64,20 @@ class ModelRunner:
                         is_decode=all(c.kind == "decode" for c in chunks),
                         has_vst=bool(is_vst.any()))
 
+    def forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo]:
+        """Hidden states (T, H) of every slot of the step; appends the kept rows' K/V to their pages and
+        advances each sequence's kept length."""
+        step = self.build_step(chunks)
+        hidden = self.model(self.embed(chunks), step, self.kv_cache.layers, self.ops)   # (S, H) rows -> (T, H) slots
+        for c in chunks:
+            c.seq.table.num_tokens += c.num_kept
+        return hidden, step
+
     @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor | None:
         """One forward over the packed chunks; returns float32 logits [num sampling chunks, V] in
         chunk order, or None when no chunk samples. Advances each sequence's kept length."""
-        step = self.build_step(chunks)
-        embeds = torch.cat([c.embeds for c in chunks])
-        hidden = self.model(embeds, step, self.kv_caches, self.ops)        # (S, H) source rows -> (T, H) slots
-        for c in chunks:
-            c.seq.table.num_tokens += c.num_kept
+        hidden, step = self.forward(chunks)
         last_rows = [int(step.cu_seqlens[i + 1]) - 1 for i, c in enumerate(chunks) if c.sample]
         if not last_rows:
             return None

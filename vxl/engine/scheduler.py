@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from vxl.engine.block_manager import BlockManager
+from vxl.engine.kv_cache import BlockManager
 from vxl.engine.sequence import Chunk, Sequence
 
 

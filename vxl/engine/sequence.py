@@ -1,4 +1,5 @@
-"""A sequence in flight: its token layout, the chunks its prefill is cut into, its pages and outputs.
+"""A sequence in flight (bookkeeping only: the runner embeds and runs its chunks): its token layout, the
+chunks its prefill is cut into, its pages and outputs.
 
     prompt ids:   [ prefix text (P) | <image> | suffix text (S) ]
     processing:   prefix chunks -> visual windows (raw + interleaved VSTs) -> suffix chunks -> decode
@@ -11,40 +12,47 @@ from typing import Iterator
 
 import torch
 
-from vxl.engine.block_manager import BlockTable
+from vxl.engine.kv_cache import BlockTable
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.vst import interleave, window_lengths
 
 
 @dataclass
 class Chunk:
-    """Rows one sequence contributes to a step. A window's slots interleave its raw visual rows with VSTs
+    """Rows one sequence contributes to a step. Text and decode chunks carry token ids, windows their raw
+    visual embeddings; the runner embeds them. A window's slots interleave its raw visual rows with VSTs
     (the beacon embedding) by the rule of `vst.interleave(n, ratio, rem)`; they are never built here: the
-    model's first layer reads each slot from `embeds` or the beacon by slot index. VST rows use beacon
+    model's first layer reads each slot from the embeddings or the beacon by slot index. VST rows use beacon
     weights; only kept rows enter pages: all rows of a text/decode chunk, only the VST rows of a window."""
     seq: "Sequence"
-    embeds: torch.Tensor            # (n, H): text embeddings, or the window's raw visual embeddings (no VSTs)
-    is_vst: torch.Tensor | None     # (num_slots,) bool, None for text
+    kind: str                       # "text" | "window" | "decode"
     num_kept: int
     sample: bool                    # logits of the last row are needed
-    kind: str                       # "text" | "window" | "decode"
+    token_ids: list[int] | None = None      # text/decode: the chunk's tokens
+    embeds: torch.Tensor | None = None      # window: (L, H) raw visual embeddings (no VSTs)
+    is_vst: torch.Tensor | None = None      # window: (num_slots,) bool
     ratio: int = 0                  # a window's compression ratio (0: no VSTs)
     rem: int = 0                    # the remainder carried into the window
 
     @property
+    def num_inputs(self) -> int:
+        """Rows the chunk feeds the model (a window's raw rows, before VSTs are interleaved)."""
+        return len(self.token_ids) if self.token_ids is not None else self.embeds.shape[0]
+
+    @property
     def num_slots(self) -> int:
         """Rows of the chunk in the step (a window: raw rows + VSTs)."""
-        return self.embeds.shape[0] if self.is_vst is None else self.is_vst.shape[0]
+        return self.num_inputs if self.is_vst is None else self.is_vst.shape[0]
 
 
 class Sequence:
     def __init__(self, index: int, request_id: str, prompt_ids: list[int], placeholder_idx: int | None,
-                 visual, ratio: int, params: SamplingParams, table: BlockTable, model, window: int,
-                 text_chunk: int, generator: torch.Generator | None, memory=None):
+                 visual, ratio: int, params: SamplingParams, table: BlockTable, window: int, text_chunk: int,
+                 generator: torch.Generator | None, memory=None):
         self.index, self.request_id = index, request_id
         self.prompt_ids, self.placeholder_idx = prompt_ids, placeholder_idx
         self.visual, self.ratio, self.params, self.table = visual, ratio, params, table
-        self.model, self.window, self.text_chunk, self.generator = model, window, text_chunk, generator
+        self.window, self.text_chunk, self.generator = window, text_chunk, generator
         self.output_ids: list[int] = []
         self.output_logprobs: list[dict] | None = [] if params.logprobs is not None else None
         self.finish_reason: str | None = None
@@ -55,6 +63,7 @@ class Sequence:
         self.seconds: dict[str, float] = {}
         self.prefill = self._prefill_chunks()     # lazy: a chunk is built once the previous one has run
         self.is_prefilling = True
+        self.output = None                # the RequestOutput, set by the engine core once the request ends
 
     @property
     def kept_len(self) -> int:
@@ -68,18 +77,17 @@ class Sequence:
         for start in range(0, len(ids), self.text_chunk):
             piece = ids[start:start + self.text_chunk]
             last = start + self.text_chunk >= len(ids)
-            t = torch.tensor(piece, dtype=torch.long, device=self.model.lm_head.weight.device)
-            yield Chunk(self, self.model.embed_tokens(t), None, len(piece), sample_last and last, "text")
+            yield Chunk(self, "text", len(piece), sample_last and last, token_ids=piece)
 
     def _window_chunks(self) -> Iterator[Chunk]:
-        dtype = self.model.beacon_embedding().dtype
         rem = 0
         for length in window_lengths(self.visual.num_tokens, self.window):
-            raw = self.visual.take(length).to(dtype)                      # (L, H)
+            raw = self.visual.take(length)                                # (L, H)
             is_vst, next_rem = interleave(length, self.ratio, rem)
             nb = is_vst.shape[0] - length
             self.num_vst += nb
-            yield Chunk(self, raw, is_vst.to(raw.device), nb, False, "window", self.ratio, rem)
+            yield Chunk(self, "window", nb, False, embeds=raw, is_vst=is_vst.to(raw.device), ratio=self.ratio,
+                        rem=rem)
             rem = next_rem
 
     def _prefill_chunks(self) -> Iterator[Chunk]:
@@ -101,8 +109,7 @@ class Sequence:
             if chunk is not None:
                 return chunk
             self.is_prefilling = False
-        t = torch.tensor([self.output_ids[-1]], dtype=torch.long, device=self.model.lm_head.weight.device)
-        return Chunk(self, self.model.embed_tokens(t), None, 1, True, "decode")
+        return Chunk(self, "decode", 1, True, token_ids=self.output_ids[-1:])
 
     def append_token(self, token: int, logprobs: dict | None, eos_ids: list[int]) -> None:
         if self.num_kept_after_prefill is None:

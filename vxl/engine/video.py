@@ -13,7 +13,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from vxl.engine.preprocess import ImageProcessorConfig, preprocess_frames
+from vxl.engine.preprocess import preprocess_frames
+from vxl.model.clip_configs import ImageProcessorConfig
 
 __all__ = ["DEFAULT_FILE_FRAMES", "ImageProcessorConfig", "VideoSource", "open_video", "preprocess_frames",
            "sample_indices", "snap_to_keyframes"]

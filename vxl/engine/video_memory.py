@@ -15,63 +15,52 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vxl.engine.kv_cache import BlockTable, KVCache
+
 FORMAT = "vxl-video-memory/1"
 
 
 class VideoMemory:
+    """Either bound (its entries live in `table` of `kv_cache`: what `LLM.encode_video` returns) or loaded
+    (per layer host (k, v) in `kept_kv`: what `load` returns; placed into an engine's KV cache by `bind` at
+    its first request)."""
+
     def __init__(self, model_fingerprint: str, prefix_token_ids: list[int], ratio: int, num_frames: int,
-                 num_visual_tokens: int, num_vst: int, num_kept: int):
+                 num_visual_tokens: int, num_vst: int, num_kept: int, *, kv_cache: KVCache | None = None,
+                 table: BlockTable | None = None, kept_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        if (kv_cache is None) != (table is None) or (table is None) == (kept_kv is None):
+            raise ValueError("a VideoMemory takes either kv_cache and table (bound) or kept_kv (loaded)")
+        if table is not None and table.num_tokens != num_kept:
+            raise ValueError(f"the table holds {table.num_tokens} entries, not num_kept={num_kept}")
         self.model_fingerprint = model_fingerprint
         self.prefix_token_ids = list(prefix_token_ids)
         self.ratio, self.num_frames = ratio, num_frames
         self.num_visual_tokens, self.num_vst, self.num_kept = num_visual_tokens, num_vst, num_kept
-        self.table = None            # BlockTable in an engine's pool while bound
-        self.engine = None           # the LLM whose pool holds the pages
-        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None   # loaded, not yet bound
+        self.kv_cache, self.table = kv_cache, table
+        self._kv = kept_kv
 
-    # -- binding to an engine's page pool ---------------------------------------------------------
+    # -- binding to an engine's KV cache -----------------------------------------------------------
     @property
     def is_bound(self) -> bool:
         return self.table is not None and not self.table.is_released
 
-    def bind(self, engine) -> None:
-        """Place the loaded K/V into `engine`'s pool (once); checks the memory was made by its model."""
-        if engine.model_fingerprint != self.model_fingerprint:
+    def bind(self, kv_cache: KVCache, model_fingerprint: str) -> None:
+        """Place the loaded K/V into `kv_cache` (once); checks the memory was made by the same model."""
+        if model_fingerprint != self.model_fingerprint:
             raise ValueError("this video memory was made by another model (fingerprint mismatch)")
         if self.is_bound:
-            if self.engine is not engine:
+            if self.kv_cache is not kv_cache:
                 raise ValueError("this video memory lives in another engine's KV cache")
             return
         if self._kv is None:
             raise ValueError("this video memory was released")
-        from vxl.engine.block_manager import BlockTable
-        table = BlockTable(engine.block_manager)
-        table.reserve(self.num_kept)
-        slots = torch.tensor([table.slot(i) for i in range(self.num_kept)], device=engine.device)
-        ps = table.manager.page_size
-        for (k_cache, v_cache), (k, v) in zip(engine.runner.kv_caches, self._kv):
-            k_cache[slots // ps, slots % ps] = k.to(device=k_cache.device, dtype=k_cache.dtype)
-            v_cache[slots // ps, slots % ps] = v.to(device=v_cache.device, dtype=v_cache.dtype)
-        table.num_tokens = self.num_kept
-        self.table, self.engine, self._kv = table, engine, None
+        table = kv_cache.new_table()
+        kv_cache.write(table, self._kv)
+        self.kv_cache, self.table, self._kv = kv_cache, table, None
 
-    def fork_table(self):
-        """A new block table for a request continuing after this memory: full pages shared (refcount),
-        the last partial page copied, since the request appends into it."""
-        from vxl.engine.block_manager import BlockTable
-        manager, ps = self.table.manager, self.table.manager.page_size
-        num_full = self.num_kept // ps
-        shared = self.table.pages[:num_full]
-        manager.share(shared)
-        table = BlockTable(manager, shared, self.num_kept)
-        if self.num_kept % ps:
-            page = manager.allocate(1)[0]
-            src = self.table.pages[num_full]
-            for k_cache, v_cache in self.engine.runner.kv_caches:
-                k_cache[page].copy_(k_cache[src])
-                v_cache[page].copy_(v_cache[src])
-            table.pages.append(page)
-        return table
+    def fork_table(self) -> BlockTable:
+        """A new block table for a request continuing after this memory (see `KVCache.fork`)."""
+        return self.kv_cache.fork(self.table)
 
     def release(self) -> None:
         """Return the pages to the pool; the memory cannot be used afterwards."""
@@ -86,9 +75,7 @@ class VideoMemory:
             return self._kv
         if not self.is_bound:
             raise ValueError("this video memory was released")
-        from vxl.kernels.reference import gather_kv
-        pages = torch.tensor(self.table.pages, device=self.engine.device)
-        return [gather_kv(k, v, pages, self.num_kept) for k, v in self.engine.runner.kv_caches]
+        return self.kv_cache.read(self.table)
 
     def save(self, path: str) -> None:
         tensors = {}
@@ -112,10 +99,9 @@ class VideoMemory:
             raise ValueError(f"{path}: unsupported video memory format {header.get('format')!r}")
         if _checksum(tensors) != header["checksum"]:
             raise ValueError(f"{path}: checksum mismatch (the file is corrupt or was modified)")
-        mem = cls(header["model"], header["prefix_token_ids"], header["ratio"], header["num_frames"],
-                  header["num_visual_tokens"], header["num_vst"], header["num_kept"])
-        mem._kv = [(tensors[f"k.{i}"], tensors[f"v.{i}"]) for i in range(len(tensors) // 2)]
-        return mem
+        kept_kv = [(tensors[f"k.{i}"], tensors[f"v.{i}"]) for i in range(len(tensors) // 2)]
+        return cls(header["model"], header["prefix_token_ids"], header["ratio"], header["num_frames"],
+                   header["num_visual_tokens"], header["num_vst"], header["num_kept"], kept_kv=kept_kv)
 
     def __repr__(self) -> str:
         return (f"VideoMemory(frames={self.num_frames}, ratio={self.ratio}, vst={self.num_vst}, "

@@ -32,7 +32,13 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotate x [T, heads, hd] by its row's position. cos/sin are cast to x's dtype first, as HF does."""
     cos, sin = rope_cos_sin(positions, x.shape[-1], theta)
-    cos, sin = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]
+    return rotate_with(x, cos[:, None, :], sin[:, None, :])
+
+
+def rotate_with(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of x [..., T, heads, hd] with float32 tables cos, sin [T, 1, hd] (rope_cos_sin of the rows'
+    positions), cast to x's dtype first."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

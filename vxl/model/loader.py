@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
+from transformers import CLIPVisionConfig
 
 from vxl.config import ModelConfig
 from vxl.model.clip_configs import resolve_vision_tower
@@ -31,7 +32,7 @@ class LoadedModel:
     model: VideoXLForCausalLM
     config: ModelConfig
     tokenizer: object | None
-    image_processor: object | None      # vxl.engine.video.ImageProcessorConfig when the model has vision
+    image_processor: object | None      # vxl.model.clip_configs.ImageProcessorConfig when the model has vision
     eos_token_ids: list[int]
     name: str
 
@@ -144,7 +145,8 @@ def eos_ids(cfg: ModelConfig, path: str, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def read_model_config(path: str) -> ModelConfig:
+    """A checkpoint directory's config.json, checked to be a Video-XL (`llava_qwen`) config."""
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file):
         raise ValueError(f"{path} is not a checkpoint directory: no config.json")
@@ -152,7 +154,18 @@ def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> Load
         raw = json.load(f)
     if raw.get("model_type") != "llava_qwen":
         raise ValueError(f"{config_file}: model_type {raw.get('model_type')!r} is not 'llava_qwen'")
-    cfg = ModelConfig.from_dict(raw)
+    return ModelConfig.from_dict(raw)
+
+
+def checkpoint_configs(path: str) -> tuple[ModelConfig, CLIPVisionConfig | None]:
+    """(model config, CLIP config or None) of a checkpoint directory; no weights are read."""
+    cfg = read_model_config(path)
+    clip = resolve_vision_tower(cfg.mm_vision_tower, path)[0] if cfg.mm_vision_tower else None
+    return cfg, clip
+
+
+def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    cfg = read_model_config(path)
     clip_cfg = proc = clip_dir = None
     if cfg.mm_vision_tower:
         clip_cfg, proc, clip_dir = resolve_vision_tower(cfg.mm_vision_tower, path)

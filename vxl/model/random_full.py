@@ -9,9 +9,10 @@ import torch
 from transformers import CLIPVisionConfig
 
 from vxl.config import ModelConfig
-from vxl.model.clip_configs import CLIP_VIT_L_336_NAME, clip_vit_large_patch14_336
+from vxl.model.clip_configs import CLIP_VIT_L_336_NAME, ImageProcessorConfig, clip_vit_large_patch14_336
 from vxl.model.loader import LoadedModel
 from vxl.model.video_llm import VideoXLForCausalLM
+from vxl.model.vision import tokens_per_frame
 
 # Qwen2-7B's config.json plus the beacon_* / mm_* keys of the released Video-XL config
 QWEN2_7B = dict(vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
@@ -68,7 +69,6 @@ def build_random_full(device: torch.device | str, dtype: torch.dtype = torch.bfl
 
     Tokenizer: the tiny model's byte-level one (its ids fit in the 152k vocabulary), so requests may give
     `prompt`; the answers are meaningless (random weights)."""
-    from vxl.engine.preprocess import ImageProcessorConfig
     from vxl.model.tiny import build_tokenizer
     device = torch.device(device)
     tokenizer = build_tokenizer()
@@ -92,6 +92,5 @@ def build_random_full(device: torch.device | str, dtype: torch.dtype = torch.bfl
 
 def describe(cfg: ModelConfig, clip: CLIPVisionConfig) -> dict:
     """Config arithmetic the benchmarks report: parameters, bytes per kept token, tokens per frame."""
-    tokens_per_frame = (clip.image_size // clip.patch_size // cfg.mm_spatial_pool_stride) ** 2
     return {"parameters": parameter_counts(cfg, clip), "bytes_per_token_bf16": cfg.bytes_per_token(2),
-            "tokens_per_frame": tokens_per_frame}
+            "tokens_per_frame": tokens_per_frame(clip, cfg.mm_spatial_pool_stride)}

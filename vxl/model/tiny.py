@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, PreTrainedTokenizerFast
 
 from vxl.config import ModelConfig
+from vxl.model.clip_configs import ImageProcessorConfig
 from vxl.model.loader import LoadedModel
 from vxl.model.video_llm import VideoXLForCausalLM
 
@@ -52,12 +53,17 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_tiny(device: torch.device, dtype: torch.dtype, seed: int = 0) -> LoadedModel:
-    from vxl.engine.preprocess import ImageProcessorConfig
-    tokenizer = build_tokenizer()
+def tiny_configs(tokenizer: PreTrainedTokenizerFast | None = None) -> tuple[ModelConfig, CLIPVisionConfig]:
+    """(model config, CLIP config) of the tiny model: the vocabulary and EOS follow its tokenizer."""
+    tokenizer = tokenizer or build_tokenizer()
     cfg = tiny_model_config(vocab_size=len(tokenizer))
     cfg.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    clip_cfg = CLIPVisionConfig(**TINY_CLIP)
+    return cfg, CLIPVisionConfig(**TINY_CLIP)
+
+
+def build_tiny(device: torch.device, dtype: torch.dtype, seed: int = 0) -> LoadedModel:
+    tokenizer = build_tokenizer()
+    cfg, clip_cfg = tiny_configs(tokenizer)
     gen = torch.Generator().manual_seed(seed)
     model = VideoXLForCausalLM(cfg, clip_cfg)
     with torch.no_grad():

@@ -34,7 +34,7 @@ class VisionTower(nn.Module):
 
     @property
     def num_patches(self) -> int:
-        return (self.clip_config.image_size // self.clip_config.patch_size) ** 2
+        return num_patches(self.clip_config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, 3, S, S] -> patch features [N, num_patches, C] (CLS dropped)."""
@@ -60,7 +60,13 @@ def pool_tokens(features: torch.Tensor, stride: int) -> torch.Tensor:
     return pooled.flatten(2).transpose(1, 2).contiguous()                # (N, P/s^2, H)
 
 
+def num_patches(clip_config: CLIPVisionConfig) -> int:
+    """Patch features per frame out of the tower (CLS not counted): (image_size / patch_size)^2 [576]."""
+    return (clip_config.image_size // clip_config.patch_size) ** 2
+
+
 def tokens_per_frame(clip_config: CLIPVisionConfig, pool_stride: int) -> int:
+    """Visual tokens per frame after the pool: (image_size / patch_size / pool_stride)^2 [144]."""
     return (clip_config.image_size // clip_config.patch_size // pool_stride) ** 2
 
 
