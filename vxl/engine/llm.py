@@ -1,22 +1,19 @@
 """`vxl.LLM`: the public engine API (DESIGN section 5): load a model, run batches of requests."""
 from __future__ import annotations
 
-import contextlib
-import time
-
 import nvtx
 import torch
 from tqdm.auto import tqdm
 
 from vxl.config import EngineConfig
 from vxl.config import IMAGE_TOKEN_INDEX
-from vxl.engine.inputs import (InputContext, RequestError, check_ratio, check_token_ids, prepare_request,
-                               prompt_ids_from_text, visual_from_embeds, visual_from_images, visual_from_video)
+from vxl.engine.core import EngineCore, StepOutput
+from vxl.engine.inputs import (check_ratio, check_token_ids, prompt_ids_from_text, visual_from_embeds,
+                               visual_from_images, visual_from_video)
 from vxl.engine.kv_cache import KVCache, OutOfPages
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
-from vxl.engine.sampler import SamplingParams, sample_token
-from vxl.engine.scheduler import Scheduler
+from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Sequence
 from vxl.engine.video_memory import VideoMemory, model_fingerprint
 from vxl.engine.vst import window_lengths
@@ -26,9 +23,6 @@ from vxl.model.registry import builtin_model_names, load_model
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# per chunk kind: its stage in metrics["seconds"], and the NVTX range around the layers that run it
-STAGE_OF_KIND = {"window": "windows", "text": "text_prefill", "decode": "decode"}
-RANGE_OF_KIND = {"window": "windows", "text": "text-prefill", "decode": "decode"}
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -84,6 +78,7 @@ class LLM:
         # NVTX ranges (no-ops without a profiler): decode-video, vision, windows, text-prefill, decode.
         # Any callable name -> context manager will do (tests record the ranges with one).
         self.annotate = nvtx.annotate
+        self.core = EngineCore(self)
 
     def _load(self, model, seed: int) -> LoadedModel:
         if isinstance(model, LoadedModel):     # an already built model (benchmarks reuse one across pools)
@@ -112,29 +107,21 @@ class LLM:
                 bm.num_pages - bm.num_free_pages, "page_size": bm.page_size, "bytes_per_token": self.bytes_per_token,
                 "total_bytes": bm.num_pages * bm.page_size * self.bytes_per_token}
 
-    def _input_context(self) -> InputContext:
-        vision = self.model if self.model.has_vision else None
-        return InputContext(self.config, self.engine_config, self.tokenizer, vision, self.loaded.image_processor,
-                            self.device, self.dtype, self.annotate)
+    # -- the engine core (DESIGN section 7): requests that join a running engine ----------------------
+    def add_request(self, request, sampling_params: SamplingParams | None = None) -> str:
+        """Queue a request; it joins the running batch at the next step with room for it. Returns its id."""
+        return self.core.add_request(request, sampling_params)
 
-    def _new_sequence(self, index: int, request: Request, params: SamplingParams) -> tuple[Sequence, int]:
-        prep = prepare_request(self._input_context(), request)
-        generator = None
-        if not params.is_greedy:
-            generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.seed + index)
-        if prep.memory is not None:
-            try:
-                prep.memory.bind(self.kv_cache, self.model_fingerprint)
-            except ValueError as exc:
-                raise RequestError(str(exc)) from None
-            table = prep.memory.fork_table()
-        else:
-            table = self.kv_cache.new_table()
-        window = self.config.beacon_window
-        rid = prep.request_id if prep.request_id is not None else str(index)
-        seq = Sequence(index, rid, prep.prompt_ids, prep.placeholder_idx, prep.visual, prep.ratio, params, table,
-                       window, self.engine_config.text_chunk_size or window, generator, memory=prep.memory)
-        return seq, prep.max_kept_tokens(self.config, params)
+    def step(self) -> StepOutput:
+        """One packed forward over the requests in flight: the tokens they sampled and those that ended."""
+        return self.core.step()
+
+    def abort(self, request_id: str) -> bool:
+        """End an unfinished request (finish_reason "abort"); its pages return at once."""
+        return self.core.abort(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.core.has_unfinished_requests()
 
     def generate(self, requests, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
@@ -147,81 +134,43 @@ class LLM:
         params = list(params) if isinstance(params, (list, tuple)) else [params] * len(requests)
         if len(params) != len(requests):
             raise ValueError(f"{len(params)} sampling params for {len(requests)} requests")
-        outputs: list[RequestOutput | None] = [None] * len(requests)
-        seqs, max_kept = [], []
-        for i, (req, p) in enumerate(zip(requests, params)):
+        with self.core.lock:        # one call at a time: its requests share the pool with nothing unplanned
+            handles = [self.core.add(req, p, i, default_id=str(i)) for i, (req, p) in enumerate(zip(requests, params))]
             try:
-                seq, kept = self._new_sequence(i, Request.from_any(req), p)
-            except (RequestError, ValueError, TypeError) as exc:
-                rid = req.get("request_id") if isinstance(req, dict) else getattr(req, "request_id", None)
-                outputs[i] = RequestOutput(str(rid if rid is not None else i), finish_reason="error", error=str(exc))
-                continue
-            seqs.append(seq)
-            max_kept.append(kept)
-        # capacity = free pages once every request holds its forked video-memory pages
-        scheduler = Scheduler(self.block_manager, self.engine_config.max_batch_tokens)
-        for seq, kept in zip(seqs, max_kept):
-            scheduler.add(seq, kept)
-        # one request: no requests bar, only its windows bar (long videos)
-        bar = tqdm(total=len(requests), desc="requests", disable=not use_tqdm or len(requests) < 2)
-        bar.update(sum(o is not None for o in outputs))
-        try:
-            with torch.inference_mode():
-                pool_peak_pages = self._run(scheduler, seqs, outputs, bar, use_tqdm)
-        finally:
-            for seq in seqs:        # nothing survives a call: every page returns to the pool
-                seq.release()
-            bar.close()
+                pool_peak_pages = self._run(handles, use_tqdm)
+            finally:                # an interrupted call leaves nothing behind: every page returns
+                for handle in handles:
+                    if isinstance(handle, Sequence) and handle.output is None:
+                        self.core.abort_sequence(handle)
+        outputs = [h.output for h in handles]
         pool_peak_bytes = pool_peak_pages * self.block_manager.page_size * self.bytes_per_token
         for out in outputs:         # known only once the call ends; requests rejected before admission lack it
             if "peak_kv_bytes" in out.metrics:
                 out.metrics["pool_peak_kv_bytes"] = pool_peak_bytes
         return outputs
 
-    def _run(self, scheduler: Scheduler, seqs: list[Sequence], outputs: list, bar, use_tqdm: bool) -> int:
-        """Steps until every sequence ends; returns the most pages the pool had in use at once."""
+    def _run(self, handles: list, use_tqdm: bool) -> int:
+        """Steps until every request of the call ends; returns the most pages the pool had in use at once."""
         bm = self.block_manager
         peak_pages = bm.num_pages - bm.num_free_pages
-        num_windows = sum(len(window_lengths(s.visual.num_tokens, self.config.beacon_window))
-                          for s in seqs if s.visual is not None and s.memory is None)
+        num_windows = sum(len(window_lengths(h.visual.num_tokens, self.config.beacon_window)) for h in handles
+                          if isinstance(h, Sequence) and h.visual is not None and h.memory is None)
+        # one request: no requests bar, only its windows bar (long videos)
+        bar = tqdm(total=len(handles), desc="requests", disable=not use_tqdm or len(handles) < 2)
         windows_bar = tqdm(total=num_windows, desc="windows", leave=False, disable=not use_tqdm or num_windows < 20)
-        for seq in seqs:
-            if seq.is_finished:     # rejected at admission
-                outputs[seq.index] = self._output(seq)
-                bar.update(1)
-        while scheduler.has_work:
-            chunks, failed = scheduler.schedule()
-            for seq, exc in failed:
-                seq.fail(f"{type(exc).__name__}: {exc}")
-            t0 = time.perf_counter()
-            logits = self._forward(chunks) if chunks else None
-            elapsed = time.perf_counter() - t0
-            peak_pages = max(peak_pages, bm.num_pages - bm.num_free_pages)
-            windows_bar.update(sum(c.kind == "window" for c in chunks))
-            row = 0
-            for chunk in chunks:   # a packed step's time counts in full for each of its chunks' stages
-                stage = STAGE_OF_KIND[chunk.kind]
-                chunk.seq.seconds[stage] = chunk.seq.seconds.get(stage, 0.0) + elapsed
-                if chunk.sample:
-                    token, lp = sample_token(logits[row], chunk.seq.params, chunk.seq.generator)
-                    chunk.seq.append_token(token, lp, self.loaded.eos_token_ids)
-                    row += 1
-            for seq in list(scheduler.running):
-                if seq.is_finished:
-                    scheduler.finish(seq)
-                    seq.release()
-                    outputs[seq.index] = self._output(seq)
-                    bar.update(1)
-        windows_bar.close()
+        try:
+            pending = list(handles)
+            while pending:
+                step = self.core.step()
+                peak_pages = max(peak_pages, step.num_used_pages)
+                windows_bar.update(step.num_windows)
+                done = [h for h in pending if h.output is not None]
+                pending = [h for h in pending if h.output is None]
+                bar.update(len(done))
+        finally:
+            windows_bar.close()
+            bar.close()
         return peak_pages
-
-    def _forward(self, chunks: list) -> torch.Tensor | None:
-        """runner.run inside one NVTX range per kind of chunk in the step: "windows" (the layers over the
-        step's visual windows), "text-prefill", "decode"; a mixed step nests its ranges."""
-        with contextlib.ExitStack() as ranges:
-            for kind in sorted({c.kind for c in chunks}):
-                ranges.enter_context(self.annotate(RANGE_OF_KIND[kind]))
-            return self.runner.run(chunks)
 
     def encode_video(self, video=None, compression_ratio: int | None = None, num_frames: int | None = None, *,
                      visual_embeds: torch.Tensor | None = None, image=None, images=None,
@@ -248,16 +197,16 @@ class LLM:
         if visual_embeds is not None:
             visual = visual_from_embeds(visual_embeds, self.config.hidden_size, self.device, self.dtype)
         elif video is not None:
-            visual = visual_from_video(self._input_context(), video, num_frames)
+            visual = visual_from_video(self.core.input_context(), video, num_frames)
         else:
-            visual = visual_from_images(self._input_context(), image, images)
+            visual = visual_from_images(self.core.input_context(), image, images)
         window = self.config.beacon_window
         seq = Sequence(0, "encode", prefix + [IMAGE_TOKEN_INDEX], len(prefix), visual, ratio, SamplingParams(),
                        self.kv_cache.new_table(), window, self.engine_config.text_chunk_size or window, None)
         try:
-            with torch.inference_mode():
+            with self.core.lock, torch.inference_mode():
                 for chunk in tqdm(seq.prefill, desc="windows", disable=not use_tqdm):
-                    self._forward([chunk])
+                    self.core.forward([chunk])
         except OutOfPages as exc:
             seq.release()
             raise ValueError(f"the KV cache is too small for this video: {exc}") from None
@@ -266,30 +215,3 @@ class LLM:
             raise
         return VideoMemory(self.model_fingerprint, prefix, ratio, visual.num_frames or 0, visual.num_tokens,
                            seq.num_vst, seq.kept_len, kv_cache=self.kv_cache, table=seq.table)
-
-    def _output(self, seq: Sequence) -> RequestOutput:
-        ids = seq.output_ids
-        text = ""
-        if self.tokenizer is not None and ids:
-            shown = ids[:-1] if seq.finish_reason == "stop" else ids
-            text = self.tokenizer.decode(shown, skip_special_tokens=True)
-        visual = seq.visual
-        seconds = dict(seq.seconds)
-        if visual is not None:
-            seconds.update(visual.seconds)
-        num_kept = seq.num_kept_after_prefill or 0
-        if seconds.get("decode_video"):
-            rates = {"decode_fps": (getattr(visual, "num_frames", 0) or 0) / seconds["decode_video"]}
-        else:
-            rates = {}
-        metrics = {"num_frames": getattr(visual, "num_frames", None) or 0,
-                   "num_visual_tokens": visual.num_tokens if visual is not None else 0,
-                   "num_vst_tokens": seq.num_vst, "num_kept_tokens": num_kept,
-                   "kept_kv_bytes": num_kept * self.bytes_per_token, "compression_ratio": seq.ratio,
-                   "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),
-                   # block tables only grow while a request lives: its final length is the most pages it
-                   # held at once (pages shared with a VideoMemory included)
-                   "peak_kv_bytes": len(seq.table.pages) * self.block_manager.page_size * self.bytes_per_token,
-                   **rates, "seconds": seconds}
-        return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason,
-                             seq.error, metrics)

@@ -2,7 +2,11 @@
 sequence into each step within a token budget (decode tokens first: they are cheap and latency-bound).
 
 A sequence's reservation (pages for prefix + VSTs + suffix + max_tokens) is taken at admission, so page
-allocation during its run can never fail; a sequence whose reservation exceeds the pool gets an error.
+allocation during its run can never fail. Sequences arrive at any step; the head of the queue is admitted
+once the free pages, less what running sequences may still allocate, cover its reservation. A sequence
+that can never fit (more than the pool, or more than is free with nothing running to free pages) fails.
+
+    pool:  [ used by running seqs | still reserved by running seqs | free for admission | video memories ]
 """
 from __future__ import annotations
 
@@ -13,35 +17,59 @@ from vxl.engine.sequence import Chunk, Sequence
 
 
 class Scheduler:
-    def __init__(self, manager: BlockManager, max_batch_tokens: int, capacity: int | None = None):
-        """capacity: pages this scheduler may reserve (the pool's free pages when it starts: pages held by
-        video memories are not available)."""
+    def __init__(self, manager: BlockManager, max_batch_tokens: int):
         self.manager, self.max_batch_tokens = manager, max_batch_tokens
-        self.capacity = manager.num_free_pages if capacity is None else capacity
-        self.waiting: deque[tuple[Sequence, int]] = deque()
+        self.waiting: deque[tuple[Sequence, int, int]] = deque()     # (seq, pages, max kept tokens)
         self.running: list[Sequence] = []
-        self.reserved_pages = 0
-        self._reservation: dict[int, int] = {}
+        # per running sequence: (pages reserved, pages its table held at admission)
+        self._reservation: dict[int, tuple[int, int]] = {}
+        self.dropped: list[Sequence] = []       # failed at admission (can never fit): the caller reports them
 
     def add(self, seq: Sequence, max_kept_tokens: int) -> None:
         pages = self.manager.pages_for(max_kept_tokens) + 1    # +1: a fresh page when a shared one is partial
-        if pages > self.capacity:
-            seq.fail(f"request needs up to {max_kept_tokens} kept tokens ({pages} pages) but the KV cache "
-                     f"has {self.capacity} free pages of {self.manager.page_size}; raise kv_cache_bytes "
-                     f"or the compression ratio, or lower num_frames/max_tokens")
+        if pages > self.manager.num_pages:
+            seq.fail(self._too_big(max_kept_tokens, pages, self.manager.num_pages))
             return
-        self.waiting.append((seq, pages))
+        self.waiting.append((seq, pages, max_kept_tokens))
+
+    def _too_big(self, max_kept_tokens: int, pages: int, available: int) -> str:
+        return (f"request needs up to {max_kept_tokens} kept tokens ({pages} pages) but the KV cache has "
+                f"{available} free pages of {self.manager.page_size}; raise kv_cache_bytes or the compression "
+                f"ratio, or lower num_frames/max_tokens")
+
+    def outstanding_pages(self) -> int:
+        """Pages running sequences have reserved but not allocated yet."""
+        return sum(max(0, pages - (len(seq.table.pages) - base))
+                   for seq in self.running for pages, base in [self._reservation[id(seq)]])
 
     def _admit(self) -> None:
-        while self.waiting and self.reserved_pages + self.waiting[0][1] <= self.capacity:
-            seq, pages = self.waiting.popleft()
-            self.reserved_pages += pages
-            self._reservation[id(seq)] = pages
+        while self.waiting:
+            seq, pages, max_kept = self.waiting[0]
+            available = self.manager.num_free_pages - self.outstanding_pages()
+            if pages > available:
+                if not self.running:        # nothing running will free pages: it can never be admitted
+                    self.waiting.popleft()
+                    seq.fail(self._too_big(max_kept, pages, available))
+                    self.dropped.append(seq)
+                    continue
+                return
+            self.waiting.popleft()
+            self._reservation[id(seq)] = (pages, len(seq.table.pages))
             self.running.append(seq)
 
     def finish(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.reserved_pages -= self._reservation.pop(id(seq))
+        self._reservation.pop(id(seq))
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a waiting or running sequence out (an aborted request)."""
+        if seq in self.running:
+            self.finish(seq)
+        else:
+            self.waiting = deque(w for w in self.waiting if w[0] is not seq)
+
+    def unfinished(self) -> list[Sequence]:
+        return [w[0] for w in self.waiting] + list(self.running)
 
     @property
     def has_work(self) -> bool:
@@ -53,6 +81,8 @@ class Scheduler:
         chunks, failed, budget = [], [], self.max_batch_tokens
         ordered = sorted(self.running, key=lambda s: s.is_prefilling)   # decoding sequences first
         for seq in ordered:
+            if seq.is_finished:             # failed or stopped, not yet collected
+                continue
             if chunks and budget <= 0:
                 break
             try:
