@@ -1,7 +1,8 @@
 """The `vxl` command: `vxl generate VIDEO --prompt ...` answers a question about a video; `vxl demo`
 generates a needle-in-a-haystack video, asks the built-in trained model about it and prints the question,
 the right answer and the model's answer (no files or downloads needed); `vxl plan` sizes a GPU's memory;
-`vxl models` lists the built-in models."""
+`vxl models` lists the built-in models. A bad model, file or value exits non-zero with one line on stderr
+naming it; `--debug` shows the traceback instead."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,9 @@ import sys
 
 import numpy as np
 
-from vxl.engine.planner import DEFAULT_MODEL
+from vxl.engine.planner import DEFAULT_MODEL, parse_bytes
 from vxl.model.registry import builtin_model_names, describe_builtin_models
+from vxl.server.serve import add_serve_parser
 
 
 def write_demo_video(path: str, num_frames: int = 96, height: int = 120, width: int = 160, fps: int = 24) -> str:
@@ -44,18 +46,63 @@ MODEL_HELP = (f"a built-in model ({', '.join(builtin_model_names())}; see `vxl m
               "directory in the official Video-XL layout")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line: `vxl plan: error: argument --x: ... (see vxl plan --help)`;
+    `subcommands` maps each subcommand's name to its parser (set by build_parser)."""
+
+    subcommands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def _memory_size(text: str) -> int:
+    try:
+        value = parse_bytes(text)
+    except ValueError:          # parse_bytes' own float() error would not say what was expected
+        raise argparse.ArgumentTypeError(f"cannot read a memory size from {text!r} (e.g. 80GiB, 24GB, "
+                                         "512MiB)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """A device torch knows and this machine has: the engine would otherwise fail later, less clearly."""
+    import torch
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help=MODEL_HELP)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, type=_device)
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
-    p.add_argument("--num-frames", type=int, default=None)
-    p.add_argument("--compression-ratio", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--num-frames", type=_positive_int, default=None)
+    p.add_argument("--compression-ratio", type=_positive_int, default=None)
+    p.add_argument("--max-tokens", type=_positive_int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
-    p.add_argument("--decode-workers", type=int, default=1, help="parallel decord readers per video file")
+    p.add_argument("--decode-workers", type=_positive_int, default=1, help="parallel decord readers per video file")
     p.add_argument("--keyframe-snap", action="store_true", help="sample the nearest keyframes (faster decoding)")
 
 
@@ -75,23 +122,44 @@ def build_requests(args, inputs: list[str], prompt: str | None) -> list[dict]:
         reqs.append({"prompt": prompt, "images": args.images, "request_id": "images",
                      "compression_ratio": args.compression_ratio})
     if getattr(args, "requests", None):
-        with open(args.requests) as f:
-            for n, line in enumerate(f):
-                if line.strip():
-                    reqs.append({"request_id": f"line{n + 1}", **json.loads(line)})
+        reqs += read_requests_file(args.requests)
     return [{k: v for k, v in r.items() if v is not None} for r in reqs]
+
+
+def read_requests_file(path: str) -> list[dict]:
+    """The request dicts of a JSONL file, ids "line<n>" unless given; ValueError names the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"cannot read the --requests file {path}: {reason}") from e
+    reqs = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--requests {path} line {n} is not valid JSON: {e.msg} (column {e.colno})") from e
+        if not isinstance(req, dict):
+            raise ValueError(f"--requests {path} line {n} is not a JSON object (a request dict): "
+                             f"{type(req).__name__}")
+        reqs.append({"request_id": f"line{n}", **req})
+    if not reqs:
+        raise ValueError(f"the --requests file {path} has no requests (one JSON object per line)")
+    return reqs
 
 
 def _run(args, reqs: list[dict]) -> int:
     from vxl import LLM, SamplingParams
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
               video_decode_workers=args.decode_workers, keyframe_snap=args.keyframe_snap)
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     # bars on stderr: requests (several), windows (a long video, even alone); --no-progress hides both
     outs = llm.generate(reqs, params, use_tqdm=not args.no_progress)
-    status = 0
     for out in outs:
         if args.json:
             print(json.dumps(out.to_dict()))
@@ -101,8 +169,12 @@ def _run(args, reqs: list[dict]) -> int:
             prefix = f"{out.request_id}: " if len(outs) > 1 else ""
             print(prefix + out.text.replace("\n", " "))
             print(format_metrics(out.metrics))
-        status = status or int(out.error is not None)
-    return status
+    failed = [out for out in outs if out.error is not None]
+    if failed:     # each failure is in the output above; stderr ends with one line saying so
+        first = f"{failed[0].request_id}: {_first_line(failed[0].error)}"
+        print(f"vxl generate: error: {len(failed)} of {len(outs)} requests failed "
+              f"({first}{', ...' if len(failed) > 1 else ''})", file=sys.stderr)
+    return int(bool(failed))
 
 
 def _demo(args) -> int:
@@ -120,17 +192,19 @@ def _demo(args) -> int:
 def _plan(args) -> int:
     from dataclasses import asdict
 
-    from vxl.engine.planner import configs_for, parse_bytes, plan_memory
+    from vxl.engine.planner import configs_for, plan_memory
     cfg, clip = configs_for(args.model)
     dtype_bytes = 4 if args.dtype == "float32" else 2
-    plan = plan_memory(cfg, clip, parse_bytes(args.gpu_memory), args.compression_ratio, dtype_bytes,
+    plan = plan_memory(cfg, clip, args.gpu_memory, args.compression_ratio, dtype_bytes,
                        attention_backend=args.attention_backend)
     print(json.dumps(asdict(plan)) if args.json else plan.describe())
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vxl", description=__doc__)
+def build_parser() -> _Parser:
+    parser = _Parser(prog="vxl", description=__doc__)
+    debug_help = "on an error, show the Python traceback instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="answer a question about videos or images (one answer per input)")
     gen.add_argument("inputs", nargs="*", help="video or image file(s); the kind follows the file extension")
@@ -145,25 +219,66 @@ def main(argv: list[str] | None = None) -> int:
     _engine_args(demo)
     plan = sub.add_parser("plan", help="memory plan: weights, kept KV per frame, work space, max frames")
     plan.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP + f" (default {DEFAULT_MODEL})")
-    plan.add_argument("--gpu-memory", default="80GiB")
-    plan.add_argument("--compression-ratio", type=int, default=16)
+    plan.add_argument("--gpu-memory", default="80GiB", type=_memory_size)
+    plan.add_argument("--compression-ratio", type=_positive_int, default=16)
     plan.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     plan.add_argument("--attention-backend", default="triton", choices=["torch", "triton"])
     plan.add_argument("--json", action="store_true")
-    sub.add_parser("models", help="list the built-in models")
-    args = parser.parse_args(argv)
+    models = sub.add_parser("models", help="list the built-in models")
+    serve = add_serve_parser(sub)
+    parser.subcommands = {"generate": gen, "demo": demo, "plan": plan, "models": models, "serve": serve}
+    for p in parser.subcommands.values():   # --debug after the subcommand too; SUPPRESS keeps the one before
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    return parser
+
+
+def _command(args, parser: _Parser) -> int:
+    if args.command == "serve":
+        from vxl.server.serve import serve
+        return serve(args)
     if args.command == "models":
         print(describe_builtin_models())
         return 0
     if args.command == "plan":
         return _plan(args)
     if args.command == "generate":
+        gen = parser.subcommands["generate"]
         if not (args.inputs or args.images or args.requests):
-            parser.error("generate needs input files, --images or --requests")
+            gen.error("generate needs input files, --images or --requests")
         if (args.inputs or args.images) and not args.prompt:
-            parser.error("--prompt is required with input files or --images")
+            gen.error("--prompt is required with input files or --images")
         return _run(args, build_requests(args, args.inputs, args.prompt))
     return _demo(args)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception: its message, after its type unless that is a plain ValueError/OSError."""
+    text = _first_line(str(exc))
+    if text and isinstance(exc, (ValueError, OSError)):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status. Errors print one line (a traceback with --debug)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _command(args, parser)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"vxl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:     # one line naming the problem; the traceback is for --debug
+        if args.debug:
+            raise
+        print(f"vxl {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams, sample_token
 from vxl.engine.scheduler import Scheduler
 from vxl.engine.sequence import Chunk, Sequence
+from vxl.engine.video_memory import VideoMemory
 
 # per chunk kind: its stage in metrics["seconds"], and the NVTX range around the layers that run it
 STAGE_OF_KIND = {"window": "windows", "text": "text_prefill", "decode": "decode"}
@@ -47,6 +48,7 @@ class StepOutput:
     finished: list[RequestOutput] = field(default_factory=list)
     num_windows: int = 0
     num_used_pages: int = 0
+    encoded: dict[str, VideoMemory] = field(default_factory=dict)     # encode jobs done (add_encode)
 
 
 class EngineCore:
@@ -73,16 +75,17 @@ class EngineCore:
             seq = self.add(request, sampling_params or SamplingParams(), index, default_id=uuid.uuid4().hex)
             return seq.request_id
 
-    def add(self, request, params: SamplingParams, index: int, default_id: str) -> Sequence | Rejected:
+    def add(self, request, params: SamplingParams, index: int, default_id: str,
+            encode_only: bool = False) -> Sequence | Rejected:
         """add_request with the sequence (or the rejection) returned: its `output` is set once it ends.
         `index` seeds sampling when params.seed is None."""
         with self.lock:
             try:
-                seq, max_kept = self._new_sequence(index, Request.from_any(request), params, default_id)
+                seq, max_kept = self._new_sequence(index, Request.from_any(request), params, default_id, encode_only)
             except Exception as exc:        # any problem while preparing is this request's alone
                 rid = request.get("request_id") if isinstance(request, dict) else getattr(request, "request_id", None)
                 rid = str(rid if rid is not None else default_id)
-                rejected = Rejected(rid, RequestOutput(rid, finish_reason="error", error=str(exc)))
+                rejected = Rejected(rid, RequestOutput(rid, finish_reason="error", error=str(exc), error_type="bad_request"))
                 self._ended.append(rejected)
                 return rejected
             self.scheduler.add(seq, max_kept)
@@ -90,12 +93,27 @@ class EngineCore:
                 self._ended.append(seq)
             return seq
 
+    def add_encode(self, request, request_id: str | None = None) -> Sequence | Rejected:
+        """Queue an encode job: the request's visual input (video, images, visual_embeds; its prompt is
+        ignored) is encoded window by window, interleaved with other requests' steps, into a VideoMemory
+        like `LLM.encode_video`'s; the step that finishes it reports it in `StepOutput.encoded`, and it is
+        the job's `output`. A failure is reported like a request's, as a finished RequestOutput."""
+        with self.lock:
+            rid = request_id or uuid.uuid4().hex
+            job = {**(request if isinstance(request, dict) else vars(request)), "prompt": "", "request_id": rid}
+            job.pop("prompt_token_ids", None)
+            return self.add(job, SamplingParams(max_tokens=1), next(self._counter), rid, encode_only=True)
+
     def _new_sequence(self, index: int, request: Request, params: SamplingParams,
-                      default_id: str) -> tuple[Sequence, int]:
+                      default_id: str, encode_only: bool = False) -> tuple[Sequence, int]:
         llm = self.llm
         if not isinstance(params, SamplingParams):
             raise RequestError(f"sampling params must be a vxl.SamplingParams, not {type(params).__name__}")
         prep = prepare_request(self.input_context(), request)
+        if encode_only:
+            if prep.visual is None or prep.memory is not None:
+                raise RequestError("an encode job needs a video, images or visual_embeds")
+            prep.prompt_ids = prep.prompt_ids[:prep.placeholder_idx + 1]     # the prefix and the video only
         generator = None
         if not params.is_greedy:
             generator = torch.Generator().manual_seed(params.seed if params.seed is not None else llm.seed + index)
@@ -112,7 +130,8 @@ class EngineCore:
             window = llm.config.beacon_window
             rid = prep.request_id if prep.request_id is not None else default_id
             seq = Sequence(index, str(rid), prep.prompt_ids, prep.placeholder_idx, prep.visual, prep.ratio, params,
-                           table, window, llm.engine_config.text_chunk_size or window, generator, memory=prep.memory)
+                           table, window, llm.engine_config.text_chunk_size or window, generator, memory=prep.memory,
+                           encode_only=encode_only)
         except BaseException:
             if table is not None:
                 table.release()
@@ -167,6 +186,9 @@ class EngineCore:
                 if isinstance(seq, Sequence):
                     if seq in self.scheduler.running:
                         self.scheduler.finish(seq)
+                    if seq.finish_reason == "encoded":
+                        seq.output = result.encoded[seq.request_id] = self._memory_of(seq)
+                        continue
                     seq.release()
                     seq.output = self.output(seq)
                 result.finished.append(seq.output)
@@ -178,7 +200,7 @@ class EngineCore:
             logits = self.forward(chunks)
         except Exception as exc:            # fails this step's requests only; the loop goes on
             for seq in {id(c.seq): c.seq for c in chunks}.values():
-                seq.fail(f"{type(exc).__name__} in a forward step: {exc}")
+                seq.fail(f"{type(exc).__name__} in a forward step: {exc}", "server_error")
             return
         elapsed = time.perf_counter() - t0
         result.num_windows = sum(c.kind == "window" for c in chunks)
@@ -194,8 +216,16 @@ class EngineCore:
                 seq.append_token(token, lp, self.llm.loaded.eos_token_ids)
                 result.new_tokens.setdefault(seq.request_id, []).append(token)
             except Exception as exc:
-                seq.fail(f"{type(exc).__name__} while sampling: {exc}")
+                seq.fail(f"{type(exc).__name__} while sampling: {exc}", "server_error")
             row += 1
+
+    def _memory_of(self, seq: Sequence) -> VideoMemory:
+        """The VideoMemory of a finished encode job: its table (prefix + VSTs) changes owner."""
+        seq.visual.close()
+        visual = seq.visual
+        return VideoMemory(self.llm.model_fingerprint, seq.prompt_ids[:seq.placeholder_idx], seq.ratio,
+                           getattr(visual, "num_frames", None) or 0, visual.num_tokens, seq.num_vst, seq.kept_len,
+                           kv_cache=self.kv_cache, table=seq.table)
 
     def forward(self, chunks: list[Chunk]) -> torch.Tensor | None:
         """runner.run inside one NVTX range per kind of chunk in the step: "windows" (the layers over the
@@ -229,6 +259,7 @@ class EngineCore:
                    "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),
                    # block tables only grow while a request lives: its final length is the most pages it
                    # held at once (pages shared with a VideoMemory included)
-                   "peak_kv_bytes": len(seq.table.pages) * page_bytes, **rates, "seconds": seconds}
+                   "peak_kv_bytes": len(seq.table.pages) * page_bytes, **rates,
+                   "video_decoder": getattr(getattr(visual, "source", None), "decoder", None), "seconds": seconds}
         return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason,
-                             seq.error, metrics)
+                             seq.error, metrics, seq.error_type)

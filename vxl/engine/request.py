@@ -44,6 +44,8 @@ class RequestOutput:
     finish_reason: str | None = None      # "stop" | "length" | "error"
     error: str | None = None
     metrics: dict = field(default_factory=dict)
+    # with an error: "bad_request" (the request itself is at fault) or "server_error" (a fault while it ran)
+    error_type: str | None = None
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

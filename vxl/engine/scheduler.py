@@ -24,6 +24,9 @@ class Scheduler:
         # per running sequence: (pages reserved, pages its table held at admission)
         self._reservation: dict[int, tuple[int, int]] = {}
         self.dropped: list[Sequence] = []       # failed at admission (can never fit): the caller reports them
+        # called with the pages missing when the head of the queue does not fit; returns whether it freed
+        # any (a cache of video memories evicting idle entries)
+        self.on_pressure = None
 
     def add(self, seq: Sequence, max_kept_tokens: int) -> None:
         pages = self.manager.pages_for(max_kept_tokens) + 1    # +1: a fresh page when a shared one is partial
@@ -47,6 +50,8 @@ class Scheduler:
             seq, pages, max_kept = self.waiting[0]
             available = self.manager.num_free_pages - self.outstanding_pages()
             if pages > available:
+                if self.on_pressure is not None and self.on_pressure(pages - available):
+                    continue
                 if not self.running:        # nothing running will free pages: it can never be admitted
                     self.waiting.popleft()
                     seq.fail(self._too_big(max_kept, pages, available))
@@ -89,6 +94,8 @@ class Scheduler:
                 chunk = seq.next_chunk()
             except Exception as exc:  # a bad video found mid-stream fails only its own request
                 failed.append((seq, exc))
+                continue
+            if chunk is None:         # an encode job that just finished
                 continue
             chunks.append(chunk)
             budget -= chunk.num_slots

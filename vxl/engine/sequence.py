@@ -48,7 +48,7 @@ class Chunk:
 class Sequence:
     def __init__(self, index: int, request_id: str, prompt_ids: list[int], placeholder_idx: int | None,
                  visual, ratio: int, params: SamplingParams, table: BlockTable, window: int, text_chunk: int,
-                 generator: torch.Generator | None, memory=None):
+                 generator: torch.Generator | None, memory=None, encode_only: bool = False):
         self.index, self.request_id = index, request_id
         self.prompt_ids, self.placeholder_idx = prompt_ids, placeholder_idx
         self.visual, self.ratio, self.params, self.table = visual, ratio, params, table
@@ -64,6 +64,9 @@ class Sequence:
         self.prefill = self._prefill_chunks()     # lazy: a chunk is built once the previous one has run
         self.is_prefilling = True
         self.output = None                # the RequestOutput, set by the engine core once the request ends
+        # an encode job: prefix and windows only, its pages become a VideoMemory (finish_reason "encoded")
+        self.encode_only = encode_only
+        self.error_type: str | None = None
 
     @property
     def kept_len(self) -> int:
@@ -102,13 +105,18 @@ class Sequence:
         self.visual.close()
         yield from self._text_chunks(self.prompt_ids[self.placeholder_idx + 1:], True)
 
-    def next_chunk(self) -> Chunk:
-        """The next prefill chunk, or the decode chunk of the last sampled token."""
+    def next_chunk(self) -> Chunk | None:
+        """The next prefill chunk, or the decode chunk of the last sampled token; None once an encode job
+        has run its last window (it is then finished)."""
         if self.is_prefilling:
             chunk = next(self.prefill, None)
             if chunk is not None:
                 return chunk
             self.is_prefilling = False
+        if self.encode_only:
+            self.num_kept_after_prefill = self.kept_len
+            self.finish_reason = "encoded"
+            return None
         return Chunk(self, "decode", 1, True, token_ids=self.output_ids[-1:])
 
     def append_token(self, token: int, logprobs: dict | None, eos_ids: list[int]) -> None:
@@ -126,8 +134,8 @@ class Sequence:
         elif len(self.output_ids) >= self.params.max_tokens:
             self.finish_reason = "length"
 
-    def fail(self, message: str) -> None:
-        self.finish_reason, self.error = "error", message
+    def fail(self, message: str, error_type: str = "bad_request") -> None:
+        self.finish_reason, self.error, self.error_type = "error", message, error_type
         self.release()
 
     def release(self) -> None:

@@ -1,11 +1,13 @@
 """Video input: uniform frame sampling and `VideoSource`, which yields the sampled uint8 frames chunk by
-chunk in time order (decord for files, slicing for arrays) so frames are decoded window by window and
-never all held at once. Parallel decoding (several readers, order kept) and keyframe snapping are options.
+chunk in time order (decord for files, PyAV for files decord cannot read, slicing for arrays) so frames
+are decoded window by window and never all held at once. Parallel decoding (several readers, order kept)
+and keyframe snapping are options.
 """
 from __future__ import annotations
 
 import os
 import queue
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
@@ -68,10 +70,67 @@ def _check_chunk(chunk_frames) -> None:
         raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
 
 
-def _decord_message(e: Exception) -> str:
-    """decord's first error line without its timestamp and source location."""
+def _error_line(e: Exception) -> str:
+    """An exception's first line; decord's without its timestamp and source location."""
     lines = str(e).strip().splitlines() or [type(e).__name__]
     return lines[0].rsplit("ERROR ", 1)[-1].strip()
+
+
+class PyAVReader:
+    """The fallback reader: PyAV decoding of a file's first video stream, for files decord cannot open
+    or decode (decord fails on some sizes, e.g. 2x2, 16x16, 48x32).
+
+    Same interface and indexing as decord's VideoReader: `len` counts the stream's packets, as decord
+    does, so both sample the same indices; frame i is the i-th decoded frame (presentation order);
+    `get_batch(indices)` (increasing) -> uint8 [n, H, W, 3] RGB. It decodes forward from its last read
+    and restarts from the file's start only when asked for an earlier frame: no seeking, so exact on
+    any file PyAV plays, but slower than decord on long sparsely sampled videos. Not thread-safe.
+    """
+
+    def __init__(self, path: str):
+        import av
+        self.path = path
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            is_key = [p.is_keyframe for p in container.demux(video=0) if p.size]   # size 0: flush packet
+        if not is_key:
+            raise ValueError("no video frames")
+        self.num_packets = len(is_key)
+        self.key_indices = [i for i, k in enumerate(is_key) if k]
+        self._container = None
+        self._frames: Iterator | None = None     # the current pass's decoded frames
+        self._next_idx = 0                       # index of the frame self._frames yields next
+
+    def __len__(self) -> int:
+        return self.num_packets
+
+    def get_key_indices(self) -> list[int]:
+        return self.key_indices
+
+    def get_batch(self, indices: list[int]) -> np.ndarray:
+        if self._frames is None or indices[0] < self._next_idx:
+            import av
+            self.close()
+            self._container = av.open(self.path)
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"          # frame + slice threads inside ffmpeg
+            self._frames, self._next_idx = self._container.decode(stream), 0
+        out = []
+        for idx in indices:
+            for frame in self._frames:
+                self._next_idx += 1
+                if self._next_idx - 1 == idx:
+                    out.append(frame.to_ndarray(format="rgb24"))                # (H, W, 3)
+                    break
+            else:
+                raise ValueError(f"the video ended after {self._next_idx} frames, before frame {idx}")
+        return np.stack(out)                                                      # (n, H, W, 3)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._frames = None, None
 
 
 class VideoSource:
@@ -81,11 +140,13 @@ class VideoSource:
     `num_frames == len(frame_indices)`. `iter_chunks(c)` yields uint8 tensors [n, H, W, 3] (RGB, CPU for
     files), n <= c, covering `frame_indices` in order; it may be called again to re-read, but one
     iteration at a time (file readers are shared between iterations). `close()` drops the readers.
+    `decoder` names what decodes a file ("decord" or "pyav"), None for arrays.
     """
 
     num_frames: int
     total_frames: int
     frame_indices: list[int]
+    decoder: str | None = None
 
     def iter_chunks(self, chunk_frames: int) -> Iterator[torch.Tensor]:
         raise NotImplementedError
@@ -128,7 +189,11 @@ class ArrayVideoSource(VideoSource):
 
 
 class FileVideoSource(VideoSource):
-    """A video file read with decord. Only the sampled frames are decoded, `get_batch` per chunk.
+    """A video file read with decord, else PyAV. Only the sampled frames are decoded, `get_batch` per chunk.
+
+    decord is the fast path. A file it cannot open or whose frame 0 it cannot decode is read with PyAV
+    (`decoder` "pyav", one sequential reader); so is a later chunk decord fails on (`decoder` becomes
+    "pyav"). Same sampled indices either way; a file neither reads raises ValueError naming it.
 
     With `num_workers` > 1, chunks are decoded by that many decord readers in threads (decord releases
     the GIL), chunk k by whichever reader is free, at most 2 x num_workers chunks ahead of the consumer:
@@ -146,7 +211,9 @@ class FileVideoSource(VideoSource):
             raise ValueError(f"video file not found: {self.path}")
         if not os.path.isfile(self.path):
             raise ValueError(f"video path is not a file: {self.path}")
-        reader = self._open_reader()
+        self._pyav_lock = threading.Lock()       # guards the PyAV reader of chunks decord failed on
+        self._pyav_fallback: PyAVReader | None = None
+        reader = self._open_first_reader()
         self.total_frames = len(reader)
         if self.total_frames == 0:
             raise ValueError(f"video has no frames: {self.path}")
@@ -157,34 +224,67 @@ class FileVideoSource(VideoSource):
         self.num_frames = len(self.frame_indices)
         self._readers = [reader]                 # opened readers, reused across iter_chunks calls
 
+    def _open_first_reader(self):
+        """decord's reader if it opens the file and decodes frame 0, else PyAV's."""
+        self.decoder = "decord"
+        try:
+            reader = self._open_reader()
+            reader.get_batch([0])                # decord opens some files whose frames it cannot convert
+            return reader
+        except Exception as e:   # decord raises a bare DECORDError (RuntimeError) for every failure
+            decord_error = _error_line(e)
+        try:
+            reader = PyAVReader(self.path)
+        except Exception as e:   # av.error.FFmpegError subclasses, or our ValueError
+            raise ValueError(f"cannot read {self.path} as a video (not a video, no video stream or no "
+                             f"frames): decord: {decord_error}; PyAV: {_error_line(e)}") from e
+        self.decoder = "pyav"
+        return reader
+
     def _open_reader(self):
+        if self.decoder == "pyav":
+            return PyAVReader(self.path)
         import decord
         threads = 0 if self.num_workers == 1 else 1   # ffmpeg's own threads only for a single reader
-        try:
-            return decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=threads)
-        except Exception as e:   # decord raises a bare DECORDError (RuntimeError) for every failure
-            raise ValueError(f"cannot read {self.path} as a video (not a video, no video stream or no "
-                             f"frames): {_decord_message(e)}") from e
+        return decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=threads)
 
     def _decode(self, readers: queue.SimpleQueue, indices: list[int]) -> torch.Tensor:
         reader = readers.get()
         try:
-            return torch.from_numpy(reader.get_batch(indices).asnumpy())     # (n, H, W, 3)
+            frames = reader.get_batch(indices)                                 # (n, H, W, 3)
+            return torch.from_numpy(frames if isinstance(frames, np.ndarray) else frames.asnumpy())
         except Exception as e:
-            raise ValueError(f"failed to decode frames {indices[0]}..{indices[-1]} of {self.path}: "
-                             f"{_decord_message(e)}") from e
+            if isinstance(reader, PyAVReader):
+                raise ValueError(f"failed to decode frames {indices[0]}..{indices[-1]} of {self.path}: "
+                                 f"PyAV: {_error_line(e)}") from e
+            return self._decode_with_pyav(indices, e)
         finally:
             readers.put(reader)
+
+    def _decode_with_pyav(self, indices: list[int], decord_error: Exception) -> torch.Tensor:
+        """A chunk decord failed on, from one shared PyAV reader (locked: parallel chunks may arrive out
+        of order, which costs the reader a restart, never a wrong frame)."""
+        with self._pyav_lock:
+            try:
+                if self._pyav_fallback is None:
+                    self._pyav_fallback = PyAVReader(self.path)
+                frames = torch.from_numpy(self._pyav_fallback.get_batch(indices))  # (n, H, W, 3)
+            except Exception as e:
+                raise ValueError(f"failed to decode frames {indices[0]}..{indices[-1]} of {self.path}: "
+                                 f"decord: {_error_line(decord_error)}; PyAV: {_error_line(e)}") from e
+            self.decoder = "pyav"
+            return frames
 
     def iter_chunks(self, chunk_frames: int) -> Iterator[torch.Tensor]:
         _check_chunk(chunk_frames)
         chunks = [self.frame_indices[s:s + chunk_frames] for s in range(0, self.num_frames, chunk_frames)]
-        while len(self._readers) < self.num_workers:
+        is_parallel = self.num_workers > 1 and self.decoder == "decord"   # PyAV decodes in one pass
+        while is_parallel and len(self._readers) < self.num_workers:
             self._readers.append(self._open_reader())
         readers: queue.SimpleQueue = queue.SimpleQueue()
         for reader in self._readers:
             readers.put(reader)
-        if self.num_workers == 1:
+        if not is_parallel:
             for indices in chunks:
                 yield self._decode(readers, indices)
             return
@@ -205,12 +305,16 @@ class FileVideoSource(VideoSource):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
+        for reader in [*self._readers, self._pyav_fallback]:
+            if isinstance(reader, PyAVReader):
+                reader.close()
         self._readers.clear()
+        self._pyav_fallback = None
 
 
 def open_video(video, num_frames: int | None = None, *, num_workers: int = 1,
                keyframe_snap: bool = False) -> VideoSource:
-    """A path (str / os.PathLike, read with decord) or uint8 frames [T, H, W, 3] (numpy or torch).
+    """A path (str / os.PathLike, read with decord, else PyAV) or uint8 frames [T, H, W, 3] (numpy or torch).
 
     num_frames: frames to sample uniformly, clamped to the video's length; None takes every frame of an
     array and DEFAULT_FILE_FRAMES (128) from a file. num_workers and keyframe_snap apply to files only.

@@ -1,0 +1,135 @@
+"""AsyncLLM: an asyncio front for one `LLM`. One background thread runs the engine core's step loop;
+each request gets an async stream of token deltas ending with its final `RequestOutput`. Cancelling the
+consumer (a client that disconnects) aborts the request, which returns its pages at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from vxl.engine.request import RequestOutput
+from vxl.engine.sampler import SamplingParams
+
+
+class EncodeError(RuntimeError):
+    def __init__(self, output: RequestOutput):
+        super().__init__(output.error)
+        self.output = output
+
+
+@dataclass
+class Delta:
+    """Tokens a request sampled in one step; `output` is set on the last delta of the request."""
+    token_ids: list[int]
+    output: RequestOutput | None = None
+
+
+class AsyncLLM:
+    def __init__(self, llm, idle_wait_s: float = 0.05):
+        self.llm = llm
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.idle_wait_s = idle_wait_s
+        self.stats = {"steps": 0, "step_faults": 0, "generated_tokens": 0, "windows": 0}
+        self._thread = threading.Thread(target=self._loop, name="vxl-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def num_requests(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    async def generate(self, request: dict, params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[Delta]:
+        """Add the request and yield its deltas; the last one carries the final output."""
+        rid = request_id or uuid.uuid4().hex
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            if rid in self._streams:
+                raise ValueError(f"request id {rid!r} is already in flight")
+            self._streams[rid] = (asyncio.get_running_loop(), queue)
+        finished = False
+        try:
+            # preparation opens the video and may wait for the engine's lock: off the event loop
+            await asyncio.to_thread(self.llm.add_request, {**request, "request_id": rid}, params)
+            self._wake.set()
+            while True:
+                delta = await queue.get()
+                finished = delta.output is not None
+                yield delta
+                if finished:
+                    return
+        finally:
+            with self._lock:
+                self._streams.pop(rid, None)
+            if not finished:        # the consumer went away: the request's pages return now
+                await asyncio.to_thread(self.llm.abort, rid)
+
+    async def encode(self, request: dict):
+        """Encode a request's video into a VideoMemory as an engine job interleaved with other requests;
+        raises EncodeError with the engine's output when it fails."""
+        rid = "encode-" + uuid.uuid4().hex
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            self._streams[rid] = (asyncio.get_running_loop(), queue)
+        done = False
+        try:
+            await asyncio.to_thread(self.llm.core.add_encode, request, rid)
+            self._wake.set()
+            result = await queue.get()
+            done = True
+            if isinstance(result, RequestOutput):
+                raise EncodeError(result)
+            return result
+        finally:
+            with self._lock:
+                self._streams.pop(rid, None)
+            if not done:
+                await asyncio.to_thread(self.llm.abort, rid)
+
+    def _push(self, rid: str, item) -> bool:
+        """Hand a delta (or an encode job's result) to its consumer; whether one was still there."""
+        with self._lock:
+            target = self._streams.get(rid)
+        if target is None:
+            return False
+        loop, queue = target
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.llm.has_unfinished_requests():
+                self._wake.wait(self.idle_wait_s)
+                self._wake.clear()
+                continue
+            out = self.llm.step()
+            self.stats["steps"] += 1
+            self.stats["windows"] += out.num_windows
+            finished = {o.request_id: o for o in out.finished}
+            for rid, tokens in out.new_tokens.items():
+                self.stats["generated_tokens"] += len(tokens)
+                if rid not in finished:
+                    self._push(rid, Delta(tokens))
+            for rid, output in finished.items():
+                if output.error_type == "server_error":
+                    self.stats["step_faults"] += 1
+                is_job = rid.startswith("encode-")
+                self._push(rid, output if is_job else Delta(out.new_tokens.get(rid, []), output))
+            for rid, memory in out.encoded.items():
+                if not self._push(rid, memory):     # its requester went away: nobody will use it
+                    with self.llm.core.lock:
+                        memory.release()
+            if not out.finished and not out.new_tokens and out.num_windows == 0 and not out.encoded:
+                time.sleep(0.001)   # only waiting requests (no room yet): do not spin

@@ -1,0 +1,131 @@
+"""Media of a chat request: `file://` URLs (only under the allowed local media path, after resolving
+symlinks) and `data:` URLs (base64), checked against the server's caps before any decoding. Remote URLs
+are refused: the server never fetches anything.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
+
+VIDEO_SUFFIXES = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "quicktime": ".mov", "x-msvideo": ".avi",
+                  "mpeg": ".mpg", "ogg": ".ogv"}
+
+
+class MediaError(ValueError):
+    """A media problem with its HTTP status: 400 bad URL or data, 403 outside the allowed path, 413 over a cap."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "invalid_media"):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass
+class MediaLimits:
+    allowed_local_media_path: str | None = None
+    max_frames: int = 256
+    max_video_bytes: int = 512 * 2**20
+    max_images: int = 64
+
+
+@dataclass
+class Media:
+    """Resolved media of one request: what goes into the engine request, the files to delete when the
+    request ends, and a key per video identifying its content (the part's uuid, else a hash of its bytes)."""
+    fields: dict = field(default_factory=dict)
+    temp_files: list[str] = field(default_factory=list)
+    video_key: str | None = None
+    on_cleanup: list = field(default_factory=list)        # callables run once when the request ends
+
+    def cleanup(self) -> None:
+        callbacks, self.on_cleanup = self.on_cleanup, []
+        for callback in callbacks:
+            callback()
+        for path in self.temp_files:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        self.temp_files.clear()
+
+
+def local_path(url: str, limits: MediaLimits) -> str:
+    """The real path of a file:// URL, refused (403) unless it lies under the allowed media path."""
+    if not limits.allowed_local_media_path:
+        raise MediaError("file:// URLs are disabled: start the server with --allowed-local-media-path DIR",
+                         403, "forbidden_path")
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise MediaError(f"file URL with a host is not supported: {url!r}")
+    path = os.path.realpath(unquote(parsed.path))
+    root = os.path.realpath(limits.allowed_local_media_path)
+    if os.path.commonpath([path, root]) != root:
+        raise MediaError(f"{unquote(parsed.path)!r} is outside the allowed local media path", 403, "forbidden_path")
+    if not os.path.isfile(path):
+        raise MediaError(f"file not found: {unquote(parsed.path)!r}")
+    return path
+
+
+def data_bytes(url: str, kind: str, limit: int) -> tuple[str, bytes]:
+    """(subtype, decoded bytes) of a base64 data URL of media type `kind` ("video" or "image")."""
+    head, sep, payload = url.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        raise MediaError(f"a data URL must look like data:{kind}/...;base64,<data>")
+    mime = head[len("data:"):-len(";base64")]
+    if not mime.startswith(kind + "/"):
+        raise MediaError(f"expected a data:{kind}/... URL, got data:{mime}")
+    if len(payload) * 3 // 4 > limit:
+        raise MediaError(f"the {kind} is over the server's cap of {limit} bytes", 413, "too_large")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise MediaError(f"the {kind} data URL is not valid base64") from None
+    if not data:
+        raise MediaError(f"the {kind} data URL is empty")
+    return mime.split("/", 1)[1], data
+
+
+def resolve_video(url: str, uuid: str | None, media: Media, limits: MediaLimits) -> str:
+    """A path the engine can open for this video URL (a temp file for a data URL); sets media.video_key."""
+    if not isinstance(url, str):
+        raise MediaError("video_url.url must be a string")
+    if url.startswith("file:"):
+        path = local_path(url, limits)
+        size = os.path.getsize(path)
+        if size > limits.max_video_bytes:
+            raise MediaError(f"the video is over the server's cap of {limits.max_video_bytes} bytes", 413, "too_large")
+        stat = os.stat(path)
+        media.video_key = uuid or f"file:{path}:{size}:{stat.st_mtime_ns}"
+        return path
+    if url.startswith("data:"):
+        subtype, data = data_bytes(url, "video", limits.max_video_bytes)
+        media.video_key = uuid or "sha256:" + hashlib.sha256(data).hexdigest()
+        fd, path = tempfile.mkstemp(prefix="vxl-video-", suffix=VIDEO_SUFFIXES.get(subtype, ".mp4"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        media.temp_files.append(path)
+        return path
+    raise MediaError("only file:// and data: video URLs are supported (the server fetches nothing)")
+
+
+def resolve_image(url: str, limits: MediaLimits):
+    """A path (file URL) or a PIL image (data URL)."""
+    if not isinstance(url, str):
+        raise MediaError("image_url.url must be a string")
+    if url.startswith("file:"):
+        return local_path(url, limits)
+    if url.startswith("data:"):
+        from PIL import Image
+        _, data = data_bytes(url, "image", limits.max_video_bytes)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except Exception as exc:        # PIL raises many kinds for junk bytes
+            raise MediaError(f"the image data URL does not decode: {exc}") from None
+        return image.convert("RGB")
+    raise MediaError("only file:// and data: image URLs are supported (the server fetches nothing)")
