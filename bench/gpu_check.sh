@@ -10,8 +10,11 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_check_env.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu_check_env.txt"
 quick="--quick"; [[ "${1:-}" == "--full" ]] && quick=""
+# Registers, spills and shared memory of every kernel configuration (ptxas; no GPU needed, about 20 s on 16 cores).
+timeout 120 env -u TRITON_INTERPRET python -m bench.kernels_static --out "$out/kernels_static.json" 2>&1 | tail -3 \
+    | tee "$out/gpu_check_static.txt"
 timeout 180 python -m pytest -q tests/kernels tests/engine/test_visual.py -k "bf16 or cuda" 2>&1 | tail -15 | tee "$out/gpu_check_tests.txt"
 timeout 240 python -m bench.bench_kernels $quick 2>&1 | tail -40 | tee "$out/gpu_check_kernels.txt"
 timeout 300 python -m bench.e2e --model full-random --frames 256 2048 --ratios 16 --dtype bfloat16 \
     --attention-backend triton --repeats 1 --name e2e_full_random_gpu 2>&1 | tail -40 | tee "$out/gpu_check_e2e.txt"
-cp bench/results/kernels_*.json bench/results/kernels_*.md bench/results/e2e_full_random_gpu* "$out/" 2>/dev/null || true
+cp -n bench/results/kernels_*.json bench/results/kernels_*.md bench/results/e2e_full_random_gpu* "$out/" 2>/dev/null || true

@@ -8,9 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 IMAGE_TOKEN_INDEX = -200
+# most `image_grid_pinpoints` a checkpoint may list: every image compares its size with each of them, and the
+# grid form "(1x1),...,(AxB)" expands to A x B of them (released configs have 5 to 36)
+MAX_PINPOINTS = 1024
 SUPPORTED_BEACON_PARAMS = ("q", "k", "v", "o")
 
 
@@ -114,6 +118,25 @@ class ModelConfig:
                 raise ValueError("mm_vision_select_feature must be 'patch'")
             if self.mm_spatial_pool_mode != "average":
                 raise ValueError("mm_spatial_pool_mode must be 'average'")
+        check_pinpoint_count(self.image_grid_pinpoints)
+
+
+def check_pinpoint_count(value) -> None:
+    """Refuse `image_grid_pinpoints` with more than MAX_PINPOINTS entries, counting the grid form
+    "(AxB),...,(CxD)" (every (i, j), A <= i <= C, B <= j <= D) without expanding it. The entries
+    themselves are parsed where images use them (`vxl.engine.image.parse_pinpoints`)."""
+    if isinstance(value, str) and "x" in value:
+        grid = re.findall(r"\((\d+)x(\d+)\)", value)
+        if not grid:
+            return
+        (a0, b0), (a1, b1) = grid[0], grid[-1]
+        count = max(0, int(a1) - int(a0) + 1) * max(0, int(b1) - int(b0) + 1)
+    elif isinstance(value, (list, tuple)):
+        count = len(value)
+    else:
+        return
+    if count > MAX_PINPOINTS:
+        raise ValueError(f"image_grid_pinpoints lists {count} pinpoints; at most {MAX_PINPOINTS} are supported")
 
 
 @dataclass
@@ -129,6 +152,8 @@ class EngineConfig:
     text_chunk_size: int | None = None    # None: the model's beacon_window
     video_decode_workers: int = 1         # decord readers per video file, over disjoint segments
     keyframe_snap: bool = False           # sample the keyframe nearest each uniform index (faster, uneven)
+    max_logprobs: int | None = None       # most `logprobs` a request may ask for; None: no cap (offline scoring
+                                          # needs full distributions); servers use sampler.MAX_LOGPROBS (20)
 
     def validate(self) -> None:
         if self.attention_backend not in ("torch", "triton"):
@@ -147,6 +172,8 @@ class EngineConfig:
             raise ValueError("text_chunk_size must be positive")
         if not isinstance(self.video_decode_workers, int) or self.video_decode_workers < 1:
             raise ValueError("video_decode_workers must be an int >= 1")
+        if self.max_logprobs is not None and (not isinstance(self.max_logprobs, int) or self.max_logprobs < 0):
+            raise ValueError(f"max_logprobs must be None or an int >= 0, got {self.max_logprobs!r}")
         if self.max_batch_tokens <= 0:
             raise ValueError("max_batch_tokens must be positive")
 

@@ -42,7 +42,7 @@ def assert_pool_empty(llm):
 
 def test_batch_gives_the_same_tokens_as_each_alone(llm):
     reqs = [make_request(s, num_visual=n, ratio=r) for s, n, r in
-            [(1, 40, 4), (2, 13, 2), (3, 70, 16), (4, 25, 8), (5, 9, 12), (6, 50, 1)]]
+            [(1, 40, 4), (2, 13, 2), (3, 70, 16), (4, 25, 8), (5, 15, 12), (6, 50, 1)]]
     reqs.append({"prompt_token_ids": [5, 6, 7, 8]})            # text only
     params = SamplingParams(max_tokens=7, ignore_eos=True)
     together = llm.generate(reqs, params, use_tqdm=False)

@@ -240,3 +240,42 @@ def test_eviction_under_a_small_pool_keeps_every_answer_right(videos, offline):
         assert small.metric("vxl_video_cache_entries") < 4
     finally:
         small.stop()
+
+
+def post_raw(server, path, data: bytes, content_type: str):
+    req = urllib.request.Request(server.base + path, data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_live_stream_over_http_answers_as_the_same_frames_offline(server, offline):
+    import io
+
+    from PIL import Image
+    frames = make_sample("ordering", 30, [78, 0]).frames
+    status, opened = server.post("/v1/streams", {"compression_ratio": RATIO})
+    assert status == 200 and opened["num_frames"] == 0
+    sid = opened["id"]
+    for frame in frames:                                   # PNG: lossless, so the frames are exactly these
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="PNG")
+        status, state = post_raw(server, f"/v1/streams/{sid}/frames", buf.getvalue(), "image/png")
+        assert status == 200, state
+    assert state["num_frames"] == 30 and state["kept_kv_bytes"] > 0
+    body = {"model": "demo", "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": [
+        {"type": "video_stream", "video_stream": {"id": sid}}, {"type": "text", "text": QUESTIONS[0]}]}]}
+    status, reply = server.post("/v1/chat/completions", body)
+    llm = LLM("demo", device="cpu")
+    want = llm.generate([{"prompt": QUESTIONS[0], "video": frames, "num_frames": 30, "compression_ratio": RATIO}],
+                        SamplingParams(max_tokens=8), use_tqdm=False)[0]
+    assert status == 200 and reply["choices"][0]["message"]["content"] == want.text
+    assert post_raw(server, f"/v1/streams/{sid}/frames", b"junk", "image/png")[0] == 400
+    assert post_raw(server, f"/v1/streams/{sid}/frames", b"{}", "application/json")[0] == 400
+    req = urllib.request.Request(server.base + f"/v1/streams/{sid}", method="DELETE")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.status == 200
+    assert server.post("/v1/chat/completions", body)[0] == 404
+    assert post_raw(server, f"/v1/streams/{sid}/frames", b"x", "image/png")[0] == 404

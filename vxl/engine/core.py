@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vxl.engine.inputs import InputContext, RequestError, prepare_request
+from vxl.config import IMAGE_TOKEN_INDEX
+from vxl.engine.inputs import InputContext, RequestError, check_token_ids, prepare_request, prompt_ids_from_text
 from vxl.engine.kv_cache import KVCache
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
@@ -64,6 +65,8 @@ class EngineCore:
         self._ended: list = []                      # Sequences or Rejected that ended before admission:
                                                     # reported by the next step
         self._counter = itertools.count()
+        # called with every StepOutput, whoever ran the step (a server's loop, `generate`, a stream's append)
+        self.listeners: list = []
 
     # -- requests ----------------------------------------------------------------------------------
     def add_request(self, request, sampling_params: SamplingParams | None = None) -> str:
@@ -109,7 +112,9 @@ class EngineCore:
         llm = self.llm
         if not isinstance(params, SamplingParams):
             raise RequestError(f"sampling params must be a vxl.SamplingParams, not {type(params).__name__}")
-        prep = prepare_request(self.input_context(), request)
+        if request.video_stream is not None:
+            return self._stream_question(index, request, params, default_id)
+        prep = prepare_request(self.input_context(), request, params)
         if encode_only:
             if prep.visual is None or prep.memory is not None:
                 raise RequestError("an encode job needs a video, images or visual_embeds")
@@ -139,6 +144,32 @@ class EngineCore:
                 prep.visual.close()
             raise
         return seq, prep.max_kept_tokens(llm.config, params)
+
+    def _stream_question(self, index: int, request: Request, params: SamplingParams,
+                         default_id: str) -> tuple[Sequence, int]:
+        """A question over a live stream: every frame appended so far (vxl.engine.stream)."""
+        stream = request.video_stream
+        others = [n for n in ("video", "image", "images", "visual_embeds", "video_memory", "num_frames")
+                  if getattr(request, n) is not None]
+        if others:
+            raise RequestError(f"a video_stream request takes no {', '.join(others)}")
+        if not hasattr(stream, "question_sequence") or getattr(stream, "core", None) is not self:
+            raise RequestError("video_stream must be a stream opened on this engine (LLM.open_stream)")
+        if request.compression_ratio is not None and request.compression_ratio != stream.ratio:
+            raise RequestError(f"compression_ratio {request.compression_ratio} differs from the stream's ({stream.ratio})")
+        if request.prompt_token_ids is not None:
+            ids = check_token_ids(request.prompt_token_ids, self.llm.config.vocab_size)
+        else:
+            ids = prompt_ids_from_text(self.llm.tokenizer, request.prompt, True)
+        if ids.count(IMAGE_TOKEN_INDEX) != 1 or ids[:ids.index(IMAGE_TOKEN_INDEX)] != stream.prefix_ids:
+            raise RequestError("the prompt's text before the video differs from the stream's prefix")
+        generator = None
+        if not params.is_greedy:
+            generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.llm.seed + index)
+        rid = str(request.request_id if request.request_id is not None else default_id)
+        text_chunk = self.llm.engine_config.text_chunk_size or self.llm.config.beacon_window
+        return stream.question_sequence(index, rid, ids[ids.index(IMAGE_TOKEN_INDEX) + 1:], params, generator,
+                                        text_chunk)
 
     def input_context(self) -> InputContext:
         llm = self.llm
@@ -192,6 +223,8 @@ class EngineCore:
                     seq.release()
                     seq.output = self.output(seq)
                 result.finished.append(seq.output)
+            for listener in self.listeners:
+                listener(result)
             return result
 
     def _run_chunks(self, chunks: list[Chunk], result: StepOutput) -> None:
@@ -223,8 +256,9 @@ class EngineCore:
         """The VideoMemory of a finished encode job: its table (prefix + VSTs) changes owner."""
         seq.visual.close()
         visual = seq.visual
+        num_tokens = getattr(visual, "total_tokens", visual.num_tokens)     # a stream's: all frames so far
         return VideoMemory(self.llm.model_fingerprint, seq.prompt_ids[:seq.placeholder_idx], seq.ratio,
-                           getattr(visual, "num_frames", None) or 0, visual.num_tokens, seq.num_vst, seq.kept_len,
+                           getattr(visual, "num_frames", None) or 0, num_tokens, seq.num_vst, seq.kept_len,
                            kv_cache=self.kv_cache, table=seq.table)
 
     def forward(self, chunks: list[Chunk]) -> torch.Tensor | None:
@@ -253,7 +287,7 @@ class EngineCore:
             rates = {"decode_fps": (getattr(visual, "num_frames", 0) or 0) / seconds["decode_video"]}
         page_bytes = self.kv_cache.page_size * llm.bytes_per_token
         metrics = {"num_frames": getattr(visual, "num_frames", None) or 0,
-                   "num_visual_tokens": visual.num_tokens if visual is not None else 0,
+                   "num_visual_tokens": getattr(visual, "total_tokens", visual.num_tokens) if visual is not None else 0,
                    "num_vst_tokens": seq.num_vst, "num_kept_tokens": num_kept,
                    "kept_kv_bytes": num_kept * llm.bytes_per_token, "compression_ratio": seq.ratio,
                    "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),

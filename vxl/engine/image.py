@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vxl.config import check_pinpoint_count
 from vxl.engine.preprocess import preprocess_frames
 from vxl.model.clip_configs import ImageProcessorConfig
 
@@ -88,6 +89,7 @@ def parse_pinpoints(cfg_value, tile_size: int | None = None) -> list[tuple[int, 
             raise ValueError(f"image_grid_pinpoints={cfg_value!r}: expected '(AxB),...,(CxD)'")
         if tile_size is None:
             raise ValueError("image_grid_pinpoints in the '(AxB)' form needs the tile size")
+        check_pinpoint_count(cfg_value)             # before expanding: "(1x1),...,(9999x9999)" is 10^8
         (a0, b0), (a1, b1) = map(int, matches[0]), map(int, matches[-1])
         cfg_value = [(i * tile_size, j * tile_size) for i in range(a0, a1 + 1) for j in range(b0, b1 + 1)]
     elif isinstance(cfg_value, str):
@@ -95,6 +97,7 @@ def parse_pinpoints(cfg_value, tile_size: int | None = None) -> list[tuple[int, 
             cfg_value = ast.literal_eval(cfg_value)
         except (ValueError, SyntaxError):
             raise ValueError(f"image_grid_pinpoints={cfg_value!r} is not a list of (width, height)") from None
+    check_pinpoint_count(cfg_value)
     if not isinstance(cfg_value, (list, tuple)) or len(cfg_value) == 0:
         raise ValueError(f"image_grid_pinpoints must be a non-empty list of (width, height), got {cfg_value!r}")
     return [_pair(p, "each image_grid_pinpoints entry") for p in cfg_value]
@@ -197,7 +200,7 @@ def anyres_tiles(image, pinpoints, tile_size: int) -> torch.Tensor:
     return divide_to_tiles(resize_and_pad(img, target), tile_size)
 
 
-def _load_all(images) -> list[torch.Tensor]:
+def _load_all(images, first_idx: int = 0) -> list[torch.Tensor]:
     if not isinstance(images, (list, tuple)) or len(images) == 0:
         raise ValueError(f"images must be a non-empty list, got {type(images).__name__}")
     out = []
@@ -205,8 +208,22 @@ def _load_all(images) -> list[torch.Tensor]:
         try:
             out.append(load_image(image))
         except ValueError as e:
-            raise ValueError(f"images[{idx}]: {e}") from None
+            raise ValueError(f"images[{first_idx + idx}]: {e}") from None
     return out
+
+
+def _frame_geometry(processor: ImageProcessorConfig) -> ImageProcessorConfig:
+    """The processor's resize + center crop alone (uint8 values kept), refused when its frames would not
+    re-preprocess unchanged."""
+    if not processor.do_center_crop or (processor.do_resize and processor.shortest_edge != processor.crop_size):
+        raise ValueError("these preprocessing settings do not give stackable frames that re-preprocess "
+                         "unchanged; use preprocess_images")
+    return dataclasses.replace(processor, do_rescale=False, do_normalize=False)
+
+
+def _as_frames(loaded: list[torch.Tensor], geometry: ImageProcessorConfig) -> torch.Tensor:
+    frames = [preprocess_frames(img[None], geometry) for img in loaded]             # (1, 3, S, S) each
+    return torch.cat(frames).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (N, S, S, 3)
 
 
 def images_as_frames(images, processor: ImageProcessorConfig | None = None):
@@ -218,15 +235,42 @@ def images_as_frames(images, processor: ImageProcessorConfig | None = None):
     gives the same pixels as `preprocess_images` (one frame per image). Needs a center crop to S with
     shortest_edge == S when resizing (true of CLIP configs); otherwise use `preprocess_images`.
     """
-    loaded = _load_all(images)
     if processor is None:
-        return loaded
-    if not processor.do_center_crop or (processor.do_resize and processor.shortest_edge != processor.crop_size):
-        raise ValueError("these preprocessing settings do not give stackable frames that re-preprocess "
-                         "unchanged; use preprocess_images")
-    geometry = dataclasses.replace(processor, do_rescale=False, do_normalize=False)
-    frames = [preprocess_frames(img[None], geometry) for img in loaded]             # (1, 3, S, S) each
-    return torch.cat(frames).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (N, S, S, 3)
+        return _load_all(images)
+    geometry = _frame_geometry(processor)
+    return _as_frames(_load_all(images), geometry)
+
+
+class ImageFramesSource:
+    """Several images as a video source (one frame each, `images_as_frames` pixels), read lazily: the
+    frame count, and so the request's token count, is len(images) before any image is decoded, and an
+    image is loaded only when its chunk of frames is needed (never all at once). Only cheap checks run
+    here (types, that paths exist); a bad image found later fails its request with its index."""
+
+    decoder = None
+
+    def __init__(self, images, processor: ImageProcessorConfig):
+        if not isinstance(images, (list, tuple)) or len(images) == 0:
+            raise ValueError(f"images must be a non-empty list, got {type(images).__name__}")
+        for idx, image in enumerate(images):
+            if not isinstance(image, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+                raise ValueError(f"images[{idx}]: an image must be a path, a PIL image or a uint8 array [H, W, 3], "
+                                 f"got {type(image).__name__}")
+            if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
+                raise ValueError(f"images[{idx}]: image file not found: {os.fspath(image)}")
+        self.geometry = _frame_geometry(processor)
+        self.images = list(images)
+        self.num_frames = self.total_frames = len(self.images)
+        self.frame_indices = list(range(self.num_frames))
+
+    def iter_chunks(self, chunk_frames: int):
+        """uint8 [n, S, S, 3] per chunk of at most `chunk_frames` images, in order."""
+        for start in range(0, self.num_frames, chunk_frames):
+            loaded = _load_all(self.images[start:start + chunk_frames], first_idx=start)
+            yield _as_frames(loaded, self.geometry)
+
+    def close(self) -> None:
+        self.images = []
 
 
 def preprocess_images(images, processor: ImageProcessorConfig) -> torch.Tensor:

@@ -4,6 +4,7 @@ and the visual token supplier (precomputed embeddings or a streamed video). Ever
 """
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -14,7 +15,7 @@ from vxl.config import IMAGE_TOKEN_INDEX, EngineConfig, ModelConfig
 from vxl.engine.request import Request
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.visual import EmbedsTokens, VideoTokens
-from vxl.engine.vst import count_vst
+from vxl.engine.vst import count_vst, max_usable_ratio
 from vxl.model.clip_configs import ImageProcessorConfig
 
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -100,30 +101,66 @@ def prompt_ids_from_text(tokenizer, question: str, with_visual: bool) -> list[in
         raise RequestError("this model has no tokenizer files: give prompt_token_ids instead of prompt")
     if not isinstance(question, str):
         raise RequestError(f"prompt must be a str, not {type(question).__name__}")
+    try:        # a lone surrogate ("\ud800") is a str no tokenizer can take
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"prompt cannot be encoded as UTF-8 text: {exc.reason} at position {exc.start}") from None
     if IMAGE_PLACEHOLDER in question:
         raise RequestError(f"prompt must not contain {IMAGE_PLACEHOLDER!r}: the video placeholder is added by the "
                            "chat template (two placeholders)")
     before, after = chat_prompt(question, with_visual)
-    ids = tokenizer.encode(before, add_special_tokens=False)
-    if after is not None:
-        ids = ids + [IMAGE_TOKEN_INDEX] + tokenizer.encode(after, add_special_tokens=False)
+    try:
+        ids = tokenizer.encode(before, add_special_tokens=False)
+        if after is not None:
+            ids = ids + [IMAGE_TOKEN_INDEX] + tokenizer.encode(after, add_special_tokens=False)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"prompt cannot be tokenized: {exc}") from None
     return ids
 
 
-def check_token_ids(ids, vocab_size: int) -> list[int]:
+def _is_token_id(t) -> bool:
+    # ints only: 1.9 or "12" must not be silently truncated or parsed; bools are ints to Python, not ids
+    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
+
+
+def check_token_ids(ids, vocab_size: int, name: str = "prompt_token_ids") -> list[int]:
     if isinstance(ids, torch.Tensor):
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.dim() != 1:
+            raise RequestError(f"{name} must be a list of ints (or a 1-D integer tensor), got a "
+                               f"{ids.dim()}-D {ids.dtype} tensor")
         ids = ids.tolist()
-    try:
-        ids = [int(t) for t in ids]
-    except (TypeError, ValueError):
-        raise RequestError("prompt_token_ids must be a list of ints") from None
+    if not isinstance(ids, (list, tuple)):
+        raise RequestError(f"{name} must be a list of ints, not {type(ids).__name__}")
+    bad = [t for t in ids if not _is_token_id(t)]
+    if bad:
+        raise RequestError(f"{name} must be a list of ints; got {', '.join(repr(t) for t in bad[:3])}")
+    ids = [int(t) for t in ids]
     bad = [t for t in ids if t != IMAGE_TOKEN_INDEX and not 0 <= t < vocab_size]
     if bad:
-        raise RequestError(f"prompt_token_ids has ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+        raise RequestError(f"{name} has ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
     if ids.count(IMAGE_TOKEN_INDEX) > 1:
-        raise RequestError(f"prompt_token_ids has {ids.count(IMAGE_TOKEN_INDEX)} video placeholders "
+        raise RequestError(f"{name} has {ids.count(IMAGE_TOKEN_INDEX)} video placeholders "
                            f"({IMAGE_TOKEN_INDEX}); at most one is allowed")
     return ids
+
+
+def check_params(params: SamplingParams, vocab_size: int, max_logprobs: int | None) -> None:
+    """What SamplingParams cannot check alone: stop ids against the model's vocabulary, logprobs against
+    the engine's cap (`EngineConfig.max_logprobs`)."""
+    bad = [t for t in params.stop_token_ids or () if not 0 <= t < vocab_size]
+    if bad:
+        raise RequestError(f"stop_token_ids has ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+    if max_logprobs is not None and params.logprobs is not None and params.logprobs > max_logprobs:
+        raise RequestError(f"logprobs must be at most {max_logprobs} on this engine (max_logprobs), "
+                           f"got {params.logprobs}")
+
+
+def check_vst_count(num_visual: int, window: int, ratio: int) -> None:
+    """A ratio leaving the visual input no summary token would answer without the video: refused."""
+    if count_vst(num_visual, window, ratio) == 0:
+        raise RequestError(f"compression_ratio {ratio} leaves no summary token for the {num_visual} visual tokens "
+                           f"of this input (the answer would ignore it); the largest usable ratio is "
+                           f"{max_usable_ratio(num_visual)}")
 
 
 def check_ratio(ratio) -> int:
@@ -143,23 +180,28 @@ def visual_from_embeds(embeds, hidden: int, device, dtype) -> EmbedsTokens:
 
 
 def visual_from_images(ctx: InputContext, image, images) -> VideoTokens:
-    """One image -> its anyres tiles; several images -> one frame each; both then stream like video frames."""
+    """One image -> its anyres tiles; several images -> one frame each; both then stream like video frames.
+    Several images are read lazily (`ImageFramesSource`): their token count is known from len(images), so
+    the pool check refuses an oversized request before any image is decoded."""
     from vxl.engine import image as img
     if ctx.vision is None:
         raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
     proc, cfg = ctx.image_processor, ctx.config
     try:
-        if image is not None:
-            img.check_image_config(cfg.image_aspect_ratio, cfg.mm_patch_merge_type)
-            pins = img.parse_pinpoints(cfg.image_grid_pinpoints, tile_size=proc.crop_size)
-            frames = img.anyres_tiles(image, pins, proc.crop_size)          # (tiles, S, S, 3)
-        else:
-            if not isinstance(images, (list, tuple)) or not images:
-                raise ValueError("images must be a non-empty list of images")
-            frames = img.images_as_frames(list(images), proc)               # (N, S, S, 3)
+        if image is None:
+            return video_tokens(ctx, img.ImageFramesSource(images, proc))
+        img.check_image_config(cfg.image_aspect_ratio, cfg.mm_patch_merge_type)
+        pins = img.parse_pinpoints(cfg.image_grid_pinpoints, tile_size=proc.crop_size)
+        frames = img.anyres_tiles(image, pins, proc.crop_size)              # (tiles, S, S, 3)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     return visual_from_video(ctx, frames, None)
+
+
+def video_tokens(ctx: InputContext, source) -> VideoTokens:
+    """The visual token supplier of a frame source, decoding a window's frames at a time."""
+    frames_per_window = -(-ctx.config.beacon_window // ctx.vision.tokens_per_frame)
+    return VideoTokens(source, ctx.vision, ctx.image_processor, ctx.device, frames_per_window, annotate=ctx.annotate)
 
 
 def visual_from_video(ctx: InputContext, video, num_frames) -> VideoTokens:
@@ -175,12 +217,31 @@ def visual_from_video(ctx: InputContext, video, num_frames) -> VideoTokens:
         source = open_video(video, num_frames, **options)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
-    frames_per_window = -(-ctx.config.beacon_window // ctx.vision.tokens_per_frame)
-    return VideoTokens(source, ctx.vision, ctx.image_processor, ctx.device, frames_per_window, annotate=ctx.annotate)
+    return video_tokens(ctx, source)
 
 
-def prepare_request(ctx: InputContext, req: Request) -> PreparedRequest:
-    """Validate `req` and open its visual input; a `RequestError` names the first problem found."""
+def open_visual(ctx: InputContext, req: Request, ratio: int):
+    """The request's visual token supplier (None for a text request), refused when `ratio` would keep
+    no summary token of it."""
+    visual = None
+    if req.visual_embeds is not None:
+        visual = visual_from_embeds(req.visual_embeds, ctx.config.hidden_size, ctx.device, ctx.dtype)
+    elif req.video is not None:
+        visual = visual_from_video(ctx, req.video, req.num_frames)
+    elif req.image is not None or req.images is not None:
+        visual = visual_from_images(ctx, req.image, req.images)
+    if visual is not None:
+        try:
+            check_vst_count(visual.num_tokens, ctx.config.beacon_window, ratio)
+        except RequestError:
+            visual.close()      # an opened video file holds readers
+            raise
+    return visual
+
+
+def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | None = None) -> PreparedRequest:
+    """Validate `req` (and, given, its sampling params against the model) and open its visual input;
+    a `RequestError` names the first problem found."""
     cfg = ctx.config
     rid = str(req.request_id) if req.request_id is not None else None
     sources = [n for n in ("video", "image", "images", "visual_embeds", "video_memory") if getattr(req, n) is not None]
@@ -191,6 +252,8 @@ def prepare_request(ctx: InputContext, req: Request) -> PreparedRequest:
         raise RequestError(f"num_frames applies to video requests only, not to {sources[0]}")
     if (req.prompt is None) == (req.prompt_token_ids is None):
         raise RequestError("give exactly one of prompt and prompt_token_ids")
+    if params is not None:
+        check_params(params, cfg.vocab_size, ctx.engine_config.max_logprobs)
     if req.prompt is not None:
         ids = prompt_ids_from_text(ctx.tokenizer, req.prompt, bool(sources))
     else:
@@ -207,11 +270,4 @@ def prepare_request(ctx: InputContext, req: Request) -> PreparedRequest:
     if req.video_memory is not None:
         return memory_request(req, ids, placeholder)
     ratio = check_ratio(req.compression_ratio if req.compression_ratio is not None else cfg.default_ratio)
-    visual = None
-    if req.visual_embeds is not None:
-        visual = visual_from_embeds(req.visual_embeds, cfg.hidden_size, ctx.device, ctx.dtype)
-    elif req.video is not None:
-        visual = visual_from_video(ctx, req.video, req.num_frames)
-    elif req.image is not None or req.images is not None:
-        visual = visual_from_images(ctx, req.image, req.images)
-    return PreparedRequest(rid, ids, placeholder, visual, ratio)
+    return PreparedRequest(rid, ids, placeholder, open_visual(ctx, req, ratio), ratio)

@@ -15,6 +15,7 @@ from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Sequence
+from vxl.engine.stream import VideoStream
 from vxl.engine.video_memory import VideoMemory, model_fingerprint
 from vxl.engine.vst import window_lengths
 from vxl.kernels import get_backend
@@ -51,16 +52,18 @@ class LLM:
     def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
                  page_size: int = 16, num_pages: int | None = None, kv_cache_bytes: int | None = None,
                  max_batch_tokens: int = 8192, text_chunk_size: int | None = None, video_decode_workers: int = 1,
-                 keyframe_snap: bool = False, seed: int = 0):
+                 keyframe_snap: bool = False, seed: int = 0, max_logprobs: int | None = None):
         if not isinstance(model, (str, LoadedModel)):
             raise TypeError(f"model must be a built-in name ({', '.join(builtin_model_names())}), a checkpoint "
                             f"directory or a LoadedModel, not {type(model).__name__}")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available (torch {torch.__version__})")
         self.dtype = resolve_dtype(dtype, self.device)
         backend = attention_backend or ("triton" if self.device.type == "cuda" else "torch")
         self.engine_config = EngineConfig(str(self.device), str(self.dtype), backend, page_size, num_pages,
                                           kv_cache_bytes, max_batch_tokens, text_chunk_size, video_decode_workers,
-                                          keyframe_snap)
+                                          keyframe_snap, max_logprobs)
         self.engine_config.validate()
         self.ops = get_backend(backend)
         self.loaded = self._load(model, seed)
@@ -122,6 +125,12 @@ class LLM:
 
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests()
+
+    def open_stream(self, compression_ratio: int | None = None, prefix_token_ids: list[int] | None = None,
+                    max_queued_windows: int = 2) -> VideoStream:
+        """A live video stream (vxl.engine.stream.VideoStream): `append(frames)` as they arrive, ask with
+        {"prompt": q, "video_stream": stream}, `watch` a standing question, `close()` to return its pages."""
+        return VideoStream(self, compression_ratio, prefix_token_ids, max_queued_windows)
 
     def generate(self, requests, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:

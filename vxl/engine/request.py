@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 REQUEST_FIELDS = ("prompt", "prompt_token_ids", "video", "image", "images", "visual_embeds", "video_memory",
-                  "num_frames", "compression_ratio", "request_id")
+                  "num_frames", "compression_ratio", "request_id", "video_stream")
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Request:
     num_frames: int | None = None
     compression_ratio: int | None = None
     request_id: str | None = None
+    video_stream: Any = None          # vxl.VideoStream from LLM.open_stream: every frame appended so far
 
     @classmethod
     def from_any(cls, obj: Any) -> "Request":

@@ -1,16 +1,62 @@
 """Sampling parameters and the sampler: greedy, temperature, top-k, top-p, per-request seeds, logprobs."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 
+# the cap on `logprobs` for callers that are not trusted (vLLM's default max_logprobs): a large k returns
+# most of the vocabulary per token. An engine setting (`EngineConfig.max_logprobs`, checked when a request
+# is prepared), not a SamplingParams rule: offline scoring (bench/niah.py, parity tests) needs full
+# distributions, so the offline default is no cap and front ends facing strangers set this one.
+MAX_LOGPROBS = 20
+# temperatures below this are greedy, as in vLLM: dividing logits by them overflows to inf / NaN
+MIN_TEMPERATURE = 1e-5
+# what torch.Generator.manual_seed accepts
+SEED_RANGE = (-2**63, 2**64)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _int_at_least(name: str, value, low: int, what: str = "") -> int:
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}{what}, got {value!r}")
+    return int(value)
+
+
+def check_stop_token_ids(stop_token_ids) -> list[int] | None:
+    """None or a list of token ids (ints >= 0, not bools); the vocabulary bound is checked against the
+    model when a request is prepared (`vxl.engine.inputs.check_params`)."""
+    if stop_token_ids is None:
+        return None
+    if isinstance(stop_token_ids, (str, bytes)) or not hasattr(stop_token_ids, "__iter__"):
+        raise ValueError(f"stop_token_ids must be None or a list of ints, got {stop_token_ids!r}")
+    ids = list(stop_token_ids)
+    bad = [t for t in ids if not _is_int(t) or t < 0]
+    if bad:
+        raise ValueError(f"stop_token_ids must be ints >= 0, got {bad[:5]!r}")
+    return [int(t) for t in ids]
+
+
 @dataclass
 class SamplingParams:
-    """temperature 0 = greedy. Without a `seed`, request i of a `generate` call samples with seed
-    `LLM(seed=...) + i`, so runs are reproducible. `logprobs` = k: per generated token, the log-softmax of
-    the model's logits for the top k tokens and the chosen one."""
+    """temperature 0 (or below MIN_TEMPERATURE = 1e-5) = greedy. Without a `seed`, request i of a `generate`
+    call samples with seed `LLM(seed=...) + i`, so runs are reproducible; a seed is an int in [-2**63, 2**64).
+    `logprobs` = k: per generated token, the log-softmax of the model's logits for the top k tokens and the
+    chosen one (an engine may cap k: `EngineConfig.max_logprobs`, MAX_LOGPROBS = 20 for untrusted callers). Every value is checked here; a bad one raises ValueError naming it."""
     max_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
@@ -21,22 +67,27 @@ class SamplingParams:
     logprobs: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        self.max_tokens = _int_at_least("max_tokens", self.max_tokens, 1)
+        self.temperature = _finite_real("temperature", self.temperature)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        self.top_p = _finite_real("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
-            raise ValueError(f"logprobs must be None or an int >= 0, got {self.logprobs!r}")
-        if self.stop_token_ids is not None:
-            self.stop_token_ids = [int(t) for t in self.stop_token_ids]
+        self.top_k = _int_at_least("top_k", self.top_k, 0, " (0 = off)")
+        if self.seed is not None:
+            if not _is_int(self.seed) or not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+                raise ValueError(f"seed must be None or an int in [-2**63, 2**64) (64 bits), got {self.seed!r}")
+            self.seed = int(self.seed)
+        if self.logprobs is not None:
+            self.logprobs = _int_at_least("logprobs", self.logprobs, 0)
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        self.stop_token_ids = check_stop_token_ids(self.stop_token_ids)
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -48,7 +48,8 @@ class Chunk:
 class Sequence:
     def __init__(self, index: int, request_id: str, prompt_ids: list[int], placeholder_idx: int | None,
                  visual, ratio: int, params: SamplingParams, table: BlockTable, window: int, text_chunk: int,
-                 generator: torch.Generator | None, memory=None, encode_only: bool = False):
+                 generator: torch.Generator | None, memory=None, encode_only: bool = False,
+                 resume: tuple[int, int] | None = None):
         self.index, self.request_id = index, request_id
         self.prompt_ids, self.placeholder_idx = prompt_ids, placeholder_idx
         self.visual, self.ratio, self.params, self.table = visual, ratio, params, table
@@ -59,6 +60,11 @@ class Sequence:
         self.error: str | None = None
         self.memory = memory              # a VideoMemory holding the prefix + VSTs already: prefill the suffix only
         self.num_vst = memory.num_vst if memory is not None else 0
+        # a live stream's question: the table holds the prefix and the stream's windows already; `visual`
+        # has the rest, encoded from the carried remainder on
+        self.resume = resume
+        if resume is not None:
+            self.num_vst = resume[1]
         self.num_kept_after_prefill: int | None = None
         self.seconds: dict[str, float] = {}
         self.prefill = self._prefill_chunks()     # lazy: a chunk is built once the previous one has run
@@ -82,8 +88,7 @@ class Sequence:
             last = start + self.text_chunk >= len(ids)
             yield Chunk(self, "text", len(piece), sample_last and last, token_ids=piece)
 
-    def _window_chunks(self) -> Iterator[Chunk]:
-        rem = 0
+    def _window_chunks(self, rem: int = 0) -> Iterator[Chunk]:
         for length in window_lengths(self.visual.num_tokens, self.window):
             raw = self.visual.take(length)                                # (L, H)
             is_vst, next_rem = interleave(length, self.ratio, rem)
@@ -94,6 +99,11 @@ class Sequence:
             rem = next_rem
 
     def _prefill_chunks(self) -> Iterator[Chunk]:
+        if self.resume is not None:
+            yield from self._window_chunks(self.resume[0])
+            self.visual.close()
+            yield from self._text_chunks(self.prompt_ids[self.placeholder_idx + 1:], True)
+            return
         if self.memory is not None:
             yield from self._text_chunks(self.prompt_ids[self.placeholder_idx + 1:], True)
             return

@@ -35,3 +35,9 @@ def count_vst(num_visual: int, window: int, ratio: int) -> int:
         total += (length + rem) // ratio
         rem = (length + rem) % ratio
     return total
+
+
+def max_usable_ratio(num_visual: int) -> int:
+    """Largest ratio that keeps at least one VST. The remainder carries across windows, so a span of V
+    tokens keeps exactly V // r VSTs whatever the window: the answer is V."""
+    return num_visual

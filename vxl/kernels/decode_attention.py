@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vxl.kernels.arch import device_arch
 from vxl.kernels.paged import load_paged_kv_tile, online_softmax_step
 
 LOG2E = 1.4426950408889634
@@ -97,6 +98,42 @@ def _decode_merge_kernel(
              mask=d_mask)
 
 
+def decode_partition_config(arch: int | None, dtype: torch.dtype, head_dim: int) -> dict:
+    """Tiles of `_decode_partition_kernel` on `arch` (`vxl.kernels.arch`; None: the interpreter).
+
+    Registers and shared memory of every choice: bench/results/kernels_static.json (checked by
+    tests/kernels/test_static_compile.py). A program holds the group's q (16, hd), an fp32 acc (16, hd) and
+    K/V tiles (BLOCK_N, hd); PARTITION_SIZE entries per program (split-K).
+    """
+    if arch is None:  # the interpreter: small partitions exercise the merge on short CPU test caches
+        return dict(PARTITION_SIZE=32, BLOCK_N=16, num_warps=4, num_stages=2)
+    if dtype == torch.float32:
+        # FMA, no tensor cores: 64 keys at 4 warps spill on sm_80 (248 bytes) and sm_90 (816 bytes), 32 keys at 4
+        # warps on sm_90; 32 keys at 8 warps: 62-64 registers, 42 KiB shared, no spills.
+        return dict(PARTITION_SIZE=512, BLOCK_N=32, num_warps=8, num_stages=2)
+    # bf16/fp16 on sm_80 (mma.sync) and sm_90 (wgmma): 64 keys per step at 4 warps, 92-128 registers, 38 KiB
+    # shared, no spills; 512 entries per partition: a 16k-entry cache is 32 partitions per (sequence, KV head).
+    return dict(PARTITION_SIZE=512, BLOCK_N=64, num_warps=4, num_stages=2)
+
+
+def decode_partition_meta(arch: int | None, dtype: torch.dtype, group: int, head_dim: int) -> dict:
+    """Constexprs and launch options of `_decode_partition_kernel`, except PAGE_SIZE (read off the cache):
+    what the launcher passes and what the static check compiles."""
+    # The group's query heads are padded to 16 rows, the smallest tl.dot tile; fp32 stays fp32 ("ieee").
+    return dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+                BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+                **decode_partition_config(arch, dtype, head_dim))
+
+
+def decode_merge_meta(arch: int | None, head_dim: int, partition_size: int, num_parts: int) -> dict:
+    """Constexprs and launch options of `_decode_merge_kernel` (fp32 partials whatever the model dtype)."""
+    # BLOCK_P partitions (<= 32) x hd fp32 values per step: 32 x 128 is 32 values per thread at 4 warps, no spills
+    # on sm_80 / sm_90 (bench/results/kernels_static.json).
+    return dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), PARTITION_SIZE=partition_size,
+                BLOCK_P=min(32, triton.next_power_of_2(num_parts)), num_warps=4)
+
+
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, seq_lens: torch.Tensor,
                      scale: float | None = None) -> torch.Tensor:
@@ -127,13 +164,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
     assert max(q.numel(), k_cache.numel(), v_cache.numel()) < 2 ** 31, "tensor too large for int32 offsets"
     # Partitions are bounded by the block table's capacity, so no host sync reads seq_lens.
-    partition_size, block_n = (512, 64) if q.is_cuda else (32, 16)
+    group = num_heads // num_kv_heads
+    meta = decode_partition_meta(device_arch(q.device), q.dtype, group, head_dim)
+    partition_size = meta["PARTITION_SIZE"]
     max_len = max(1, block_tables.shape[1] * page_size)
     num_parts = triton.cdiv(max_len, partition_size)
-    group = num_heads // num_kv_heads
     partial_out = torch.empty(num_seqs, num_heads, num_parts, head_dim, dtype=torch.float32, device=q.device)
     partial_lse = torch.empty(num_seqs, num_heads, num_parts, dtype=torch.float32, device=q.device)
-    block_d = max(16, triton.next_power_of_2(head_dim))
     _decode_partition_kernel[(num_seqs, num_kv_heads, num_parts)](
         q, k_cache, v_cache, block_tables, seq_lens, partial_out, partial_lse,
         scale * LOG2E,
@@ -141,13 +178,10 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         partial_out.stride(0), partial_out.stride(1), partial_out.stride(2), partial_lse.stride(0),
         partial_lse.stride(1),
-        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
-        PAGE_SIZE=page_size, PARTITION_SIZE=partition_size, BLOCK_N=block_n,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, num_stages=2)
+        PAGE_SIZE=page_size, **meta)
     _decode_merge_kernel[(num_seqs, num_heads)](
         partial_out, partial_lse, seq_lens, out,
         partial_out.stride(0), partial_out.stride(1), partial_out.stride(2), partial_lse.stride(0),
         partial_lse.stride(1), out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, PARTITION_SIZE=partition_size,
-        BLOCK_P=min(32, triton.next_power_of_2(num_parts)), num_warps=4)
+        **decode_merge_meta(device_arch(q.device), head_dim, partition_size, num_parts))
     return out

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vxl.kernels.arch import device_arch
 from vxl.kernels.typed_qkv import (_bias_rope_store, _gathered_gemm_halves, check_qkv_args, qkv_launch_args,
                                    rms_norm_rows)
 
@@ -111,6 +112,13 @@ def _interleave_add_kernel(out_ptr, src_ptr, beacon_ptr, cu_seqlens_ptr, cu_src_
     tl.store(out_ptrs, (out.to(tl.float32) + x.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def interleave_add_config(arch: int | None, hidden_size: int) -> dict:
+    """Tiles of `_interleave_add_kernel` on `arch` (`vxl.kernels.arch`; None: the interpreter)."""
+    # An elementwise add: 16 rows x 256 columns per program is 32 values per thread at 4 warps, no spills and
+    # no shared memory on sm_80 / sm_90 (bench/results/kernels_static.json); the same everywhere.
+    return dict(BLOCK_M=16, BLOCK_H=min(256, triton.next_power_of_2(hidden_size)), num_warps=4)
+
+
 def _check_layout(src, beacon, cu_seqlens, cu_src, ratios, rems, num_tokens: int) -> None:
     num_chunks = ratios.shape[0]
     assert src.dim() == 2 and beacon.shape == (src.shape[1],) and beacon.dtype == src.dtype, \
@@ -181,11 +189,11 @@ def interleave_add(out: torch.Tensor, src: torch.Tensor, beacon: torch.Tensor, c
     if num_tokens == 0:
         return out
     src, beacon = src.contiguous(), beacon.contiguous()
-    block_m, block_h = 16, min(256, triton.next_power_of_2(hidden_size))
+    meta = interleave_add_config(device_arch(out.device), hidden_size)
     num_src = src.shape[0]
-    grid = (triton.cdiv(num_src, block_m) + triton.cdiv(num_tokens - num_src, block_m),
-            triton.cdiv(hidden_size, block_h))
+    grid = (triton.cdiv(num_src, meta["BLOCK_M"]) + triton.cdiv(num_tokens - num_src, meta["BLOCK_M"]),
+            triton.cdiv(hidden_size, meta["BLOCK_H"]))
     _interleave_add_kernel[grid](out, src, beacon, cu_seqlens, cu_src, ratios, rems,
                                  num_src, num_tokens, ratios.shape[0], hidden_size, out.stride(0), src.stride(0),
-                                 BLOCK_M=block_m, BLOCK_H=block_h)
+                                 **meta)
     return out

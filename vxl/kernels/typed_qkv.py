@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vxl.kernels.arch import device_arch
+
 
 @triton.jit
 def _rms_norm_kernel(hidden_ptr, norm_weight_ptr, x_ptr, hidden_size, eps,
@@ -157,6 +159,45 @@ def _typed_qkv_rope_kernel(
                      NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, HALF, PAGE_SIZE, HAS_BIAS)
 
 
+def rms_norm_config(arch: int | None, hidden_size: int) -> dict:
+    """Launch options of `_rms_norm_kernel` on `arch` (`vxl.kernels.arch`; None: the interpreter)."""
+    # One row per program, 1024 columns per step at most: 4 warps x 32 lanes x 8 values, no spills on sm_80 and
+    # sm_90 (bench/results/kernels_static.json); the same on every arch and in the interpreter.
+    return dict(BLOCK_H=min(1024, triton.next_power_of_2(hidden_size)), num_warps=4)
+
+
+def qkv_config(arch: int | None, dtype: torch.dtype) -> dict:
+    """Tiles of both typed QKV kernels (`_typed_qkv_rope_kernel`, `_typed_qkv_rope_interleaved_kernel`) on `arch`.
+
+    Registers and shared memory of every choice are in bench/results/kernels_static.json (checked by
+    tests/kernels/test_static_compile.py). A program holds two fp32 (BLOCK_M, 64) accumulators (the lo / hi
+    halves of a head) and, for a K head, two RoPE epilogues over them.
+    """
+    if arch is None:  # the interpreter: small tiles keep the CPU tests fast
+        return dict(BLOCK_M=16, BLOCK_K=64, num_warps=8, num_stages=3)
+    if dtype == torch.float32:
+        # FMA, no tensor cores: (64, 64) tiles spill kilobytes on sm_80 and sm_90, (32, 32) still spills on sm_90;
+        # (16, 32) at 2 stages: 64 registers, 18 KiB shared, no spills on both.
+        return dict(BLOCK_M=16, BLOCK_K=32, num_warps=8, num_stages=2)
+    if arch < 90:
+        # sm_80 (mma.sync): at BLOCK_M 64 the bf16 RoPE epilogues need 255 registers and spill (32 bytes; 16 warps,
+        # 2 stages or BLOCK_K 32 spill too); BLOCK_M 32: 80-96 registers, 40 KiB shared (fits sm_86/89's
+        # 99 KiB too), at the price of reading each weight column twice as often.
+        return dict(BLOCK_M=32, BLOCK_K=64, num_warps=8, num_stages=3)
+    # sm_90 (wgmma): 64 rows, 8 warps: 116-140 registers, 72 KiB shared, no spills (at 4 warps the two RoPE
+    # epilogues of a K head take 252 of the 255 registers).
+    return dict(BLOCK_M=64, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+def qkv_meta(arch: int | None, dtype: torch.dtype, head_dim: int, has_bias: bool) -> dict:
+    """Constexprs and launch options of both typed QKV kernels, except the counts read off the tensors
+    (NUM_HEADS, NUM_KV_HEADS, PAGE_SIZE): what the launchers pass and what the static check compiles."""
+    half = head_dim // 2
+    # fp32 stays fp32 ("ieee"): the fp32 path is the exact one; 16-bit inputs take the tensor cores.
+    return dict(HEAD_DIM=head_dim, HALF=half, BLOCK_HALF=max(16, triton.next_power_of_2(half)), HAS_BIAS=has_bias,
+                DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", **qkv_config(arch, dtype))
+
+
 def check_qkv_args(hidden, norm_weight, w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, positions, kept_positions,
                    slot_mapping, k_cache, v_cache, num_heads, num_kv_heads) -> int:
     """Asserts the contract shared by the typed QKV launchers (T = len(positions)); returns head_dim."""
@@ -188,7 +229,8 @@ def rms_norm_rows(hidden: torch.Tensor, norm_weight: torch.Tensor, eps: float, o
     """out[i] = reference.rms_norm(hidden[i]) for every row of hidden [n, H] (out: [>= n, H], written in place)."""
     if hidden.shape[0]:
         _rms_norm_kernel[(hidden.shape[0],)](hidden, norm_weight, out, hidden.shape[1], eps, hidden.stride(0),
-                                             out.stride(0), BLOCK_H=min(1024, triton.next_power_of_2(hidden.shape[1])))
+                                             out.stride(0), **rms_norm_config(device_arch(hidden.device),
+                                                                              hidden.shape[1]))
 
 
 def qkv_launch_args(w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, head_dim: int, rope_theta: float) -> tuple[list, dict]:
@@ -202,11 +244,7 @@ def qkv_launch_args(w_qkv, b_qkv, w_qkv_vst, b_qkv_vst, head_dim: int, rope_thet
     # Same float32 expression as reference.rope_cos_sin, so the angles match bit for bit.
     inv_freq = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=w_qkv.device)
                                      .float() / head_dim))
-    half = head_dim // 2
-    # 8 warps: the two RoPE epilogues of a K head spill at 4 warps on sm_90 (ptxas, bf16, head_dim 128).
-    meta = dict(HEAD_DIM=head_dim, HALF=half, BLOCK_HALF=max(16, triton.next_power_of_2(half)), HAS_BIAS=has_bias,
-                BLOCK_M=64 if w_qkv.is_cuda else 16, BLOCK_K=64,
-                DOT_PRECISION="ieee" if w_qkv.dtype == torch.float32 else "tf32", num_warps=8, num_stages=3)
+    meta = qkv_meta(device_arch(w_qkv.device), w_qkv.dtype, head_dim, has_bias)
     weights = [w_qkv, b_qkv if has_bias else w_qkv, w_qkv_vst, b_qkv_vst if has_bias else w_qkv_vst, inv_freq]
     return weights, meta
 

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vxl.kernels.arch import device_arch
 from vxl.kernels.paged import load_paged_kv_tile, online_softmax_step
 
 LOG2E = 1.4426950408889634
@@ -92,6 +93,33 @@ def _window_attention_kernel(
              out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
+def window_attention_config(arch: int | None, dtype: torch.dtype, head_dim: int) -> dict:
+    """Tiles of `_window_attention_kernel` on `arch` (`vxl.kernels.arch`; None: the interpreter).
+
+    Registers and shared memory of every choice: bench/results/kernels_static.json (checked by
+    tests/kernels/test_static_compile.py). A program holds q (BLOCK_M, hd), an fp32 acc (BLOCK_M, hd) and the
+    (BLOCK_M, BLOCK_N) scores; K/V tiles (BLOCK_N, hd) are staged in shared memory.
+    """
+    if arch is None:  # the interpreter: small tiles keep the CPU tests fast
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=2)
+    if dtype == torch.float32:
+        # FMA, no tensor cores: (64, 32) spills on sm_80 (40 bytes) and sm_90 (1.2 KiB), as do (32, 32) and
+        # (64, 16) on sm_90; (32, 16): 76-79 registers, 34 KiB shared, no spills.
+        return dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2)
+    # bf16/fp16 on sm_80 (mma.sync) and sm_90 (wgmma): 128 query rows x 32 keys (64 for hd <= 64), 8 warps:
+    # hd 128 takes 204 registers on sm_80, 160 on sm_90, 57-64 KiB shared, no spills.
+    return dict(BLOCK_M=128, BLOCK_N=32 if head_dim > 64 else 64, num_warps=8, num_stages=2)
+
+
+def window_attention_meta(arch: int | None, dtype: torch.dtype, group: int, head_dim: int) -> dict:
+    """Constexprs and launch options of `_window_attention_kernel`, except PAGE_SIZE (read off the cache):
+    what the launcher passes and what the static check compiles."""
+    # fp32 stays fp32 ("ieee"): the fp32 path is the exact one; 16-bit inputs take the tensor cores.
+    return dict(GROUP=group, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+                **window_attention_config(arch, dtype, head_dim))
+
+
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, kept_lens: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -129,19 +157,15 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if num_tokens == 0 or num_seqs == 0:
         return out
 
-    # int32 offsets in the kernel (checked here). Tiles: no register spills on sm_90 (ptxas) in fp16/bf16; fp32
-    # (a correctness path, no tensor cores) uses a smaller tile to fit shared memory.
+    # int32 offsets in the kernel (checked here).
     assert max(q.numel(), k.numel(), k_cache.numel(), v_cache.numel()) < 2 ** 31, "tensor too large for int32 offsets"
-    block_m = 64 if q.dtype == torch.float32 else 128
-    block_m, block_n, num_warps = (block_m, 32 if head_dim > 64 else 64, 8) if q.is_cuda else (16, 16, 4)
-    num_tiles = triton.cdiv(num_tokens, block_m) + num_seqs  # upper bound; programs past the last tile exit
+    meta = window_attention_meta(device_arch(q.device), q.dtype, num_heads // num_kv_heads, head_dim)
+    num_tiles = triton.cdiv(num_tokens, meta["BLOCK_M"]) + num_seqs  # upper bound; programs past the last tile exit
     _window_attention_kernel[(num_tiles, num_heads)](
         q, k, v, k_cache, v_cache, block_tables, kept_lens, cu_seqlens, out,
         num_seqs, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        PAGE_SIZE=k_cache.shape[1], BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=2)
+        PAGE_SIZE=k_cache.shape[1], **meta)
     return out

@@ -1,9 +1,12 @@
 """Load a checkpoint directory in the official Video-XL layout (config.json, safetensors shard(s),
 optional tokenizer files, optional CLIP directory) into a `VideoXLForCausalLM`.
 
-Safetensors only: nothing is ever unpickled. Missing beacon weights are initialised the way the
-released code does (from the ordinary q/k/v/o, and the beacon embedding from the EOS embedding);
-any other missing, unexpected or wrongly shaped tensor is an error that names the key.
+Safetensors only: nothing is ever unpickled. No code from a checkpoint ever runs: transformers is called
+with `trust_remote_code=False` and `local_files_only=True` (it never prompts on stdin), a tokenizer naming
+its own Python classes (`auto_map`) is refused, and config.json is read as plain JSON. Missing beacon
+weights are initialised the way the released code does (from the ordinary q/k/v/o, and the beacon
+embedding from the EOS embedding); any other missing, unexpected or wrongly shaped tensor is an error
+that names the key.
 """
 from __future__ import annotations
 
@@ -121,13 +124,38 @@ def materialise(model: VideoXLForCausalLM, tensors: dict, device: torch.device) 
         emb.position_ids = torch.arange(emb.num_positions, device=device).expand((1, -1))
 
 
+def read_json(path: str, what: str) -> dict:
+    """A JSON object file of the checkpoint; anything else is a ValueError naming the file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:    # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: cannot read the {what} as JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the {what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def refuse_remote_code(tokenizer_config_path: str) -> None:
+    """A tokenizer_config.json with `auto_map` names Python classes shipped in the checkpoint; transformers
+    would import them (after asking on stdin). vxl never runs checkpoint code, so such a tokenizer is refused."""
+    if not os.path.exists(tokenizer_config_path):
+        return
+    if "auto_map" in read_json(tokenizer_config_path, "tokenizer config"):
+        raise ValueError(f"{tokenizer_config_path}: field 'auto_map' names custom tokenizer code in the checkpoint; "
+                         "vxl never runs code from a checkpoint (remove auto_map to use a built-in tokenizer class)")
+
+
 def load_tokenizer(path: str):
     if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
         return None
+    refuse_remote_code(os.path.join(path, "tokenizer_config.json"))
     from transformers import AutoTokenizer, PretrainedConfig
     # an empty config: transformers cannot parse llava_qwen's config.json and would only warn about it;
-    # the tokenizer class comes from tokenizer_config.json
-    return AutoTokenizer.from_pretrained(path, local_files_only=True, config=PretrainedConfig())
+    # the tokenizer class comes from tokenizer_config.json. trust_remote_code=False: never import checkpoint
+    # code nor ask about it on stdin; local_files_only: never reach the network.
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                         config=PretrainedConfig())
 
 
 def eos_ids(cfg: ModelConfig, path: str, tokenizer) -> list[int]:
@@ -150,8 +178,8 @@ def read_model_config(path: str) -> ModelConfig:
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file):
         raise ValueError(f"{path} is not a checkpoint directory: no config.json")
-    with open(config_file) as f:
-        raw = json.load(f)
+    # read as data only (never through transformers' AutoConfig): an `auto_map` here runs nothing
+    raw = read_json(config_file, "model config")
     if raw.get("model_type") != "llava_qwen":
         raise ValueError(f"{config_file}: model_type {raw.get('model_type')!r} is not 'llava_qwen'")
     return ModelConfig.from_dict(raw)
@@ -166,6 +194,7 @@ def checkpoint_configs(path: str) -> tuple[ModelConfig, CLIPVisionConfig | None]
 
 def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     cfg = read_model_config(path)
+    tokenizer = load_tokenizer(path)        # first: a refused tokenizer costs no weight reading
     clip_cfg = proc = clip_dir = None
     if cfg.mm_vision_tower:
         clip_cfg, proc, clip_dir = resolve_vision_tower(cfg.mm_vision_tower, path)
@@ -180,5 +209,4 @@ def load_checkpoint(path: str, device: torch.device, dtype: torch.dtype) -> Load
     materialise(model, tensors, device)
     model.prepare()
     model.eval()
-    tokenizer = load_tokenizer(path)
     return LoadedModel(model, cfg, tokenizer, proc, eos_ids(cfg, path, tokenizer), os.path.abspath(path))

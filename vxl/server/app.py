@@ -21,6 +21,7 @@ from vxl.server.media import MediaError, MediaLimits
 from vxl.server.metrics import ServerMetrics
 from vxl.server.protocol import (BadRequest, ChatRequest, chunk, completion, error_body, logprobs_of,
                                  parse_chat_request, usage_of)
+from vxl.server.streams import StreamRegistry, add_stream_routes
 from vxl.server.text import TextStream
 from vxl.server.video_cache import VideoCache
 
@@ -50,17 +51,26 @@ async def use_cache(cache: VideoCache, llm, req: ChatRequest) -> None:
 
 
 def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int = 256,
-              video_cache: bool = True) -> FastAPI:
+              video_cache: bool = True, stream_idle_timeout_s: float = 300.0) -> FastAPI:
     engine = AsyncLLM(llm)
+    streams = StreamRegistry(llm, stream_idle_timeout_s)
     cache = VideoCache(engine) if video_cache else None
     metrics = ServerMetrics(engine, llm, cache)
 
     @contextlib.asynccontextmanager
     async def lifespan(_):
+        async def close_idle():
+            while True:
+                await asyncio.sleep(min(5.0, stream_idle_timeout_s / 2))
+                await asyncio.to_thread(streams.close_idle)
+        closer = asyncio.create_task(close_idle())
         yield
+        closer.cancel()
+        await asyncio.to_thread(streams.close_all)
         await asyncio.to_thread(engine.shutdown)
     app = FastAPI(title="vxl", description="OpenAI-compatible server for Video-XL", lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.llm, app.state.video_cache = engine, metrics, llm, cache
+    add_stream_routes(app, engine, streams, limits.max_frames, limits.max_video_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc):
@@ -100,7 +110,7 @@ def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int 
         if engine.num_requests >= max_queued:
             return metrics.count(error(f"the engine has {max_queued} requests queued; retry later", 503))
         try:
-            req = await asyncio.to_thread(parse_chat_request, body, limits)
+            req = await asyncio.to_thread(parse_chat_request, body, limits, streams)
         except MediaError as exc:
             return metrics.count(error(str(exc), exc.status, exc.code))
         except BadRequest as exc:

@@ -37,10 +37,13 @@ class AsyncLLM:
         self._stop = threading.Event()
         self.idle_wait_s = idle_wait_s
         self.stats = {"steps": 0, "step_faults": 0, "generated_tokens": 0, "windows": 0}
+        llm.core.listeners.append(self._on_step)
         self._thread = threading.Thread(target=self._loop, name="vxl-engine", daemon=True)
         self._thread.start()
 
     def shutdown(self) -> None:
+        if self._on_step in self.llm.core.listeners:
+            self.llm.core.listeners.remove(self._on_step)
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
@@ -114,22 +117,24 @@ class AsyncLLM:
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
                 continue
-            out = self.llm.step()
-            self.stats["steps"] += 1
-            self.stats["windows"] += out.num_windows
-            finished = {o.request_id: o for o in out.finished}
-            for rid, tokens in out.new_tokens.items():
-                self.stats["generated_tokens"] += len(tokens)
-                if rid not in finished:
-                    self._push(rid, Delta(tokens))
-            for rid, output in finished.items():
-                if output.error_type == "server_error":
-                    self.stats["step_faults"] += 1
-                is_job = rid.startswith("encode-")
-                self._push(rid, output if is_job else Delta(out.new_tokens.get(rid, []), output))
-            for rid, memory in out.encoded.items():
-                if not self._push(rid, memory):     # its requester went away: nobody will use it
-                    with self.llm.core.lock:
-                        memory.release()
+            out = self.llm.step()               # its outputs reach _on_step
             if not out.finished and not out.new_tokens and out.num_windows == 0 and not out.encoded:
-                time.sleep(0.001)   # only waiting requests (no room yet): do not spin
+                time.sleep(0.001)   # only waiting requests (no room yet) or idle streams: do not spin
+
+    def _on_step(self, out) -> None:
+        """Deliver a step's tokens, outputs and encoded videos to their consumers (any thread's step)."""
+        self.stats["steps"] += 1
+        self.stats["windows"] += out.num_windows
+        finished = {o.request_id: o for o in out.finished}
+        for rid, tokens in out.new_tokens.items():
+            self.stats["generated_tokens"] += len(tokens)
+            if rid not in finished:
+                self._push(rid, Delta(tokens))
+        for rid, output in finished.items():
+            if output.error_type == "server_error":
+                self.stats["step_faults"] += 1
+            is_job = rid.startswith("encode-")
+            self._push(rid, output if is_job else Delta(out.new_tokens.get(rid, []), output))
+        for rid, memory in out.encoded.items():
+            if not self._push(rid, memory):     # its requester went away: nobody will use it
+                memory.release()                # (under the core's lock: listeners run inside the step)

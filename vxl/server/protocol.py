@@ -42,7 +42,8 @@ def _expect(cond: bool, message: str) -> None:
         raise BadRequest(message)
 
 
-def parse_messages(messages, media: Media, limits: MediaLimits, num_frames: int | None) -> tuple[str, dict]:
+def parse_messages(messages, media: Media, limits: MediaLimits, num_frames: int | None,
+                   streams=None) -> tuple[str, dict]:
     """(the question text, the engine request's visual fields) of a chat: an optional system message with
     vxl's default system prompt, then one user message."""
     _expect(isinstance(messages, list) and messages, "messages must be a non-empty list")
@@ -58,7 +59,7 @@ def parse_messages(messages, media: Media, limits: MediaLimits, num_frames: int 
     if isinstance(content, str):
         return content, {}
     _expect(isinstance(content, list) and content, "message content must be a string or a list of parts")
-    texts, videos, images = [], [], []
+    texts, videos, images, live = [], [], [], []
     for part in content:
         _expect(isinstance(part, dict), "each content part must be an object with a type")
         kind = part.get("type")
@@ -68,16 +69,23 @@ def parse_messages(messages, media: Media, limits: MediaLimits, num_frames: int 
         elif kind == "video_url":
             url = (part.get("video_url") or {}).get("url") if isinstance(part.get("video_url"), dict) else None
             videos.append(resolve_video(url, part.get("uuid"), media, limits))
+        elif kind == "video_stream" and streams is not None:
+            ref = part.get("video_stream")
+            _expect(isinstance(ref, dict) and isinstance(ref.get("id"), str), "a video_stream part needs an id")
+            live.append(streams.get(ref["id"]))
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
             images.append(resolve_image(url, limits))
         else:
             raise BadRequest(f"unsupported content part type {kind!r} (text, video_url, image_url)")
-    _expect(len(videos) <= 1 and not (videos and images), "a request takes one video, or images, not both")
+    _expect(len(videos) + len(live) <= 1 and not ((videos or live) and images),
+            "a request takes one video or stream, or images, not several")
     if len(images) > limits.max_images:
         raise MediaError(f"{len(images)} images are over the server's cap of {limits.max_images}", 413, "too_large")
     visual: dict = {}
-    if videos:
+    if live:
+        visual = {"video_stream": live[0]}
+    elif videos:
         visual = {"video": videos[0], "num_frames": num_frames}
     elif len(images) == 1:
         visual = {"image": images[0]}
@@ -129,7 +137,7 @@ def sampling_params(body: dict) -> tuple[SamplingParams, list[str]]:
     return params, stop
 
 
-def parse_chat_request(body, limits: MediaLimits) -> ChatRequest:
+def parse_chat_request(body, limits: MediaLimits, streams=None) -> ChatRequest:
     """The engine request of a chat-completions body; BadRequest / MediaError name the problem."""
     _expect(isinstance(body, dict), "the request body must be a JSON object")
     unknown = set(body) - KNOWN_FIELDS
@@ -139,7 +147,7 @@ def parse_chat_request(body, limits: MediaLimits) -> ChatRequest:
     _expect(isinstance(options, dict), "stream_options must be an object")
     media = Media()
     try:
-        question, visual = parse_messages(body.get("messages"), media, limits, num_frames_of(body, limits))
+        question, visual = parse_messages(body.get("messages"), media, limits, num_frames_of(body, limits), streams)
         request = {"prompt": question, **visual}
         if body.get("compression_ratio") is not None:
             request["compression_ratio"] = body["compression_ratio"]

@@ -23,6 +23,8 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
     p.add_argument("--kv-cache-bytes", type=int, default=None)
+    p.add_argument("--stream-idle-timeout", type=float, default=300.0,
+                   help="seconds after which a live stream nobody posts to or asks about is closed")
     p.add_argument("--no-video-cache", action="store_true",
                    help="encode every request's video anew instead of sharing encoded videos between requests")
     return p
@@ -36,11 +38,12 @@ def serve(args) -> int:
     for name in ("max_frames", "max_video_bytes", "max_images", "max_queued"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    from vxl.engine.sampler import MAX_LOGPROBS
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
-              kv_cache_bytes=args.kv_cache_bytes)
+              kv_cache_bytes=args.kv_cache_bytes, max_logprobs=MAX_LOGPROBS)
     limits = MediaLimits(args.allowed_local_media_path, args.max_frames, args.max_video_bytes, args.max_images)
     app = build_app(llm, args.served_model_name or args.model, limits, args.max_queued,
-                    video_cache=not args.no_video_cache)
+                    video_cache=not args.no_video_cache, stream_idle_timeout_s=args.stream_idle_timeout)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

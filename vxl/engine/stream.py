@@ -1,0 +1,251 @@
+"""Live video streams: frames keep arriving, each complete window is encoded once into VSTs by the engine
+core (packed into the same steps as other requests), and a question at any moment answers over every frame
+appended so far, exactly as a request over the same frames would.
+
+    stream:    [ prefix | VSTs of encoded windows ]  +  queued windows (embeddings)  +  partial window
+    question:  fork of the stream's pages (copy-on-write of the last partial page) -> queued windows and
+               the partial window encoded for this question only -> its question text -> answer
+
+Asking never changes the stream. The stream holds at most `max_queued_windows` windows of embeddings
+waiting for the engine, plus one partial window: `append` runs engine steps itself until the queue is
+back under that bound (back-pressure), so frames are never buffered without limit.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import numpy as np
+import torch
+
+from vxl.config import IMAGE_TOKEN_INDEX
+from vxl.engine.inputs import RequestError, check_ratio, prompt_ids_from_text
+from vxl.engine.preprocess import preprocess_frames
+from vxl.engine.sampler import SamplingParams
+from vxl.engine.sequence import Chunk, Sequence
+from vxl.engine.vst import count_vst, interleave
+
+
+class Embeddings:
+    """Visual tokens already computed (a stream's unencoded frames), taken in order by the windows."""
+
+    def __init__(self, tokens: torch.Tensor, num_frames: int, total_tokens: int):
+        self._tokens, self.num_tokens, self.num_frames = tokens, tokens.shape[0], num_frames
+        self.total_tokens = total_tokens        # the stream's visual tokens so far (for metrics)
+        self.seconds: dict[str, float] = {}
+
+    def take(self, n: int) -> torch.Tensor:
+        out, self._tokens = self._tokens[:n], self._tokens[n:]
+        return out
+
+    def close(self) -> None:
+        self._tokens = self._tokens[:0]
+
+
+class StreamEncoder(Sequence):
+    """The engine-side sequence of a stream: its prefix, then each full window as soon as it is queued.
+    It never samples and never finishes on its own; closing the stream ends it."""
+
+    def __init__(self, stream: "VideoStream", index: int, table, window: int, text_chunk: int):
+        super().__init__(index, stream.stream_id, stream.prefix_ids + [IMAGE_TOKEN_INDEX], len(stream.prefix_ids),
+                         None, stream.ratio, SamplingParams(max_tokens=1), table, window, text_chunk, None)
+        self.stream = stream
+        self._prefix = self._text_chunks(stream.prefix_ids, False)
+        self.rem = 0
+        self.num_windows = 0                        # windows handed to the engine (encoded once their step ran)
+
+    def next_chunk(self) -> Chunk | None:
+        chunk = next(self._prefix, None)
+        if chunk is not None:
+            return chunk
+        tokens = self.stream._pop_window()
+        if tokens is None:
+            return None                             # nothing to encode this step
+        is_vst, next_rem = interleave(tokens.shape[0], self.ratio, self.rem)
+        nb = is_vst.shape[0] - tokens.shape[0]
+        self.stream._reserve(self.kept_len + nb)
+        chunk = Chunk(self, "window", nb, False, embeds=tokens, is_vst=is_vst.to(tokens.device), ratio=self.ratio,
+                      rem=self.rem)
+        self.rem, self.num_vst, self.num_windows = next_rem, self.num_vst + nb, self.num_windows + 1
+        return chunk
+
+
+class VideoStream:
+    """A live video on one engine. Made by `LLM.open_stream`; see the module docstring."""
+
+    def __init__(self, llm, compression_ratio: int | None = None, prefix_token_ids: list[int] | None = None,
+                 max_queued_windows: int = 2):
+        self.llm, self.core = llm, llm.core
+        if not llm.model.has_vision:
+            raise ValueError("this checkpoint has no vision tower: streams need one")
+        self.ratio = check_ratio(compression_ratio if compression_ratio is not None else llm.config.default_ratio)
+        if prefix_token_ids is None:
+            ids = prompt_ids_from_text(llm.tokenizer, "", True)
+            prefix_token_ids = ids[:ids.index(IMAGE_TOKEN_INDEX)]
+        self.prefix_ids = list(prefix_token_ids)
+        if not isinstance(max_queued_windows, int) or max_queued_windows < 0:
+            raise ValueError(f"max_queued_windows must be an int >= 0, got {max_queued_windows!r}")
+        self.max_queued_windows = max_queued_windows
+        self.stream_id = "stream-" + uuid.uuid4().hex
+        self.window = llm.config.beacon_window
+        self.tokens_per_frame = llm.model.tokens_per_frame
+        self.num_frames = 0
+        self.frame_shape: tuple[int, int] | None = None
+        self._queue: list[torch.Tensor] = []        # full windows of embeddings the engine has not taken yet
+        self._partial = self._empty()               # tokens after the last full window
+        self._lock = threading.RLock()
+        self._appended = threading.Condition(self._lock)      # watchers wait for frames
+        self.error: str | None = None
+        self.is_closed = False
+        with self.core.lock:
+            self.encoder = StreamEncoder(self, 0, self.core.kv_cache.new_table(), self.window,
+                                         llm.engine_config.text_chunk_size or self.window)
+            self.core.scheduler.add(self.encoder, len(self.prefix_ids))
+        self._drain(0)                              # the prefix is encoded before the first frame
+
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(0, self.llm.config.hidden_size, device=self.llm.device,
+                           dtype=self.llm.model.beacon_embedding().dtype)
+
+    # -- frames in ---------------------------------------------------------------------------------
+    def _check_frames(self, frames) -> torch.Tensor:
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        if not isinstance(frames, torch.Tensor):
+            raise TypeError(f"frames must be a uint8 array or tensor [T, H, W, 3], not {type(frames).__name__}")
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8, got {frames.dtype}")
+        if frames.dim() == 3:
+            frames = frames[None]                   # one frame
+        if frames.dim() != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
+            raise ValueError(f"frames must have shape [T, H, W, 3] with T, H, W >= 1, got {list(frames.shape)}")
+        if self.frame_shape is not None and tuple(frames.shape[1:3]) != self.frame_shape:
+            raise ValueError(f"frames of this stream are {self.frame_shape[0]}x{self.frame_shape[1]}, got "
+                             f"{frames.shape[1]}x{frames.shape[2]}")
+        return frames
+
+    def append(self, frames) -> int:
+        """Add uint8 frames [T, H, W, 3] (or one frame [H, W, 3]); returns the stream's frame count. Bad
+        frames raise ValueError/TypeError and leave the stream as it was."""
+        self._check_open()
+        frames = self._check_frames(frames)
+        with torch.inference_mode():
+            pixels = preprocess_frames(frames.to(self.llm.device), self.llm.loaded.image_processor)
+            tokens = self.llm.model.encode_frames(pixels.to(self._partial.dtype))    # (T * tokens_per_frame, H)
+        with self._lock:
+            self._check_open()
+            if self.frame_shape is None:
+                self.frame_shape = tuple(frames.shape[1:3])
+            self.num_frames += frames.shape[0]
+            tokens = torch.cat([self._partial, tokens])
+            full = tokens.shape[0] // self.window * self.window
+            if full:
+                self._queue += list(tokens[:full].split(self.window))
+            self._partial = tokens[full:]
+            self._appended.notify_all()
+        self._drain(self.max_queued_windows)
+        return self.num_frames
+
+    def _drain(self, bound: int) -> None:
+        """Run engine steps until at most `bound` windows wait (the engine may run other requests too)."""
+        while True:
+            with self._lock:
+                if self.error is not None:
+                    raise RuntimeError(f"stream failed: {self.error}")
+                if len(self._queue) <= bound and (bound > 0 or self.encoder.kept_len >= len(self.prefix_ids)):
+                    return
+            self.core.step()
+            if self.encoder.is_finished and self.error is None:
+                self.error = self.encoder.error or "the stream's encoder ended"
+
+    def _pop_window(self) -> torch.Tensor | None:
+        with self._lock:
+            return self._queue.pop(0) if self._queue else None
+
+    def _reserve(self, num_tokens: int) -> None:
+        """Pages for the encoder's next window, or a clear error (which fails the stream alone)."""
+        pool, table = self.core.kv_cache.pool, self.encoder.table
+        need = pool.pages_for(num_tokens) - len(table.pages)
+        available = pool.num_free_pages - self.core.scheduler.outstanding_pages()
+        if need > available:
+            raise RequestError(f"the stream needs {need} more KV pages for its next window but only {available} "
+                               f"are free; raise kv_cache_bytes or the compression ratio, or close streams")
+        table.reserve(num_tokens)
+
+    # -- questions ---------------------------------------------------------------------------------
+    @property
+    def kept_kv_bytes(self) -> int:
+        return self.encoder.kept_len * self.llm.bytes_per_token
+
+    def snapshot(self) -> tuple:
+        """(fork of the stream's pages, the carried remainder, VSTs so far, the embeddings not encoded yet)
+        under the core's lock, so no window is half way through a step."""
+        with self.core.lock, self._lock:
+            self._check_open()
+            if self.encoder.kept_len < len(self.prefix_ids):
+                raise RequestError("the stream's prefix is not encoded yet")
+            rest = torch.cat([*self._queue, self._partial])
+            table = self.core.kv_cache.fork(self.encoder.table)
+            visual = Embeddings(rest, self.num_frames, self.num_frames * self.tokens_per_frame)
+            return table, self.encoder.rem, self.encoder.num_vst, visual
+
+    def question_sequence(self, index, request_id, suffix_ids, params, generator, text_chunk, encode_only=False):
+        """A Sequence answering `suffix_ids` (the question's text after the video) over the stream now."""
+        table, rem, num_vst, visual = self.snapshot()
+        seq = Sequence(index, request_id, self.prefix_ids + [IMAGE_TOKEN_INDEX] + list(suffix_ids),
+                       len(self.prefix_ids), visual, self.ratio, params, table, self.window, text_chunk, generator,
+                       encode_only=encode_only, resume=(rem, num_vst))
+        new_vst = count_vst(visual.num_tokens + rem, self.window, self.ratio) - (rem // self.ratio)
+        max_new = table.num_tokens % self.core.kv_cache.page_size + new_vst + len(suffix_ids) + params.max_tokens
+        return seq, max_new
+
+    def to_memory(self):
+        """A VideoMemory of every frame so far (its partial window encoded into it); the stream goes on."""
+        with self.core.lock:
+            seq, max_new = self.question_sequence(0, "memory-" + uuid.uuid4().hex, [], SamplingParams(max_tokens=1),
+                                                  None, self.window, encode_only=True)
+            self.core.scheduler.add(seq, max_new)
+        while seq.output is None and not seq.is_finished:
+            self.core.step()
+        while seq.output is None:
+            self.core.step()
+        if not hasattr(seq.output, "kept_kv"):
+            raise RuntimeError(f"the stream could not be saved: {seq.output.error}")
+        return seq.output
+
+    def watch(self, prompt: str, every_n_windows: int = 1, sampling_params: SamplingParams | None = None,
+              poll_s: float = 0.05):
+        """A standing question: after every `every_n_windows` newly encoded windows, ask `prompt` over the
+        stream and yield (frames so far, RequestOutput); nothing is encoded twice. Ends when the stream is
+        closed. Frames come from other threads' `append`; windows waiting in the queue are encoded here."""
+        if not isinstance(every_n_windows, int) or every_n_windows < 1:
+            raise ValueError(f"every_n_windows must be an int >= 1, got {every_n_windows!r}")
+        params = sampling_params or SamplingParams()
+        target = self.encoder.num_windows + every_n_windows
+        while not self.is_closed:
+            if self.encoder.num_windows >= target and self.error is None:
+                frames = self.num_frames
+                out = self.llm.generate([{"prompt": prompt, "video_stream": self}], params, use_tqdm=False)[0]
+                target = self.encoder.num_windows + every_n_windows
+                yield frames, out
+            elif self._queue:
+                self.core.step()
+            else:
+                with self._appended:
+                    if not self._queue and not self.is_closed:
+                        self._appended.wait(poll_s)
+
+    # -- the end -----------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.is_closed:
+            raise ValueError("this stream is closed")
+
+    def close(self) -> None:
+        """Return the stream's pages; questions already running finish on their own forks."""
+        with self.core.lock, self._lock:
+            if self.is_closed:
+                return
+            self.is_closed = True
+            self._queue, self._partial = [], self._empty()
+            self.core.abort_sequence(self.encoder)
+            self._appended.notify_all()

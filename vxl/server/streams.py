@@ -1,0 +1,157 @@
+"""Live streams over HTTP: open a stream, post frames to it (one JPEG/PNG image, or a short video file,
+per request), ask about it in a chat message (`{"type": "video_stream", "video_stream": {"id": ...}}`),
+watch it with a standing question (server-sent events), close it. Idle streams are closed after a timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import uuid
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from vxl.engine.sampler import SamplingParams
+from vxl.server.media import MediaError
+from vxl.server.protocol import error_body
+
+
+def frames_of(body: bytes, content_type: str, max_frames: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames of a posted image or short video."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind.startswith("image/"):
+        from PIL import Image
+        try:
+            image = Image.open(io.BytesIO(body))
+            return np.asarray(image.convert("RGB"))[None]
+        except Exception as exc:        # PIL raises many kinds for junk bytes
+            raise MediaError(f"the posted image does not decode: {exc}") from None
+    if kind.startswith("video/"):
+        import av
+        try:
+            with av.open(io.BytesIO(body)) as container:
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except Exception as exc:        # PyAV raises many kinds for junk bytes
+            raise MediaError(f"the posted video does not decode: {exc}") from None
+        if not frames:
+            raise MediaError("the posted video has no frames")
+        if len(frames) > max_frames:
+            raise MediaError(f"{len(frames)} frames in one post are over the cap of {max_frames}", 413, "too_large")
+        return np.stack(frames)
+    raise MediaError("post frames as image/jpeg, image/png or a video/* file (Content-Type)")
+
+
+class StreamRegistry:
+    def __init__(self, llm, idle_timeout_s: float):
+        self.llm, self.idle_timeout_s = llm, idle_timeout_s
+        self.streams: dict[str, tuple[object, float]] = {}
+
+    def open(self, ratio) -> tuple[str, object]:
+        stream = self.llm.open_stream(compression_ratio=ratio)
+        sid = "stream-" + uuid.uuid4().hex
+        self.streams[sid] = (stream, time.monotonic())
+        return sid, stream
+
+    def get(self, sid: str):
+        if sid not in self.streams:
+            raise MediaError(f"no open stream {sid!r}", 404, "stream_not_found")
+        stream, _ = self.streams[sid]
+        self.streams[sid] = (stream, time.monotonic())
+        return stream
+
+    def close(self, sid: str) -> None:
+        stream, _ = self.streams.pop(sid, (None, 0))
+        if stream is None:
+            raise MediaError(f"no open stream {sid!r}", 404, "stream_not_found")
+        stream.close()
+
+    def close_idle(self) -> None:
+        now = time.monotonic()
+        for sid, (stream, used) in list(self.streams.items()):
+            if now - used > self.idle_timeout_s:
+                self.streams.pop(sid, None)
+                stream.close()
+
+    def close_all(self) -> None:
+        for sid in list(self.streams):
+            self.streams.pop(sid)[0].close()
+
+
+def status(sid: str, stream) -> dict:
+    return {"id": sid, "compression_ratio": stream.ratio, "num_frames": stream.num_frames,
+            "kept_kv_bytes": stream.kept_kv_bytes, "error": stream.error}
+
+
+def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, max_frames: int, max_bytes: int) -> None:
+    def fail(exc: Exception) -> JSONResponse:
+        code = exc.status if isinstance(exc, MediaError) else 400
+        return JSONResponse(error_body(str(exc), code, getattr(exc, "code", None)), status_code=code)
+
+    @app.post("/v1/streams")
+    async def open_stream(request: Request):
+        try:
+            body = json.loads(await request.body() or b"{}")
+            sid, stream = await asyncio.to_thread(registry.open, body.get("compression_ratio"))
+        except (ValueError, TypeError, AttributeError) as exc:
+            return fail(exc)
+        return status(sid, stream)
+
+    @app.post("/v1/streams/{sid}/frames")
+    async def post_frames(sid: str, request: Request):
+        try:
+            stream = registry.get(sid)
+            body = await request.body()
+            if len(body) > max_bytes:
+                raise MediaError(f"the post is over the cap of {max_bytes} bytes", 413, "too_large")
+            frames = frames_of(body, request.headers.get("content-type", ""), max_frames)
+            await asyncio.to_thread(stream.append, frames)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            return fail(exc)
+        return status(sid, stream)
+
+    @app.get("/v1/streams/{sid}")
+    async def get_stream(sid: str):
+        try:
+            return status(sid, registry.get(sid))
+        except MediaError as exc:
+            return fail(exc)
+
+    @app.delete("/v1/streams/{sid}")
+    async def delete_stream(sid: str):
+        try:
+            await asyncio.to_thread(registry.close, sid)
+        except MediaError as exc:
+            return fail(exc)
+        return {"id": sid, "closed": True}
+
+    @app.post("/v1/streams/{sid}/watch")
+    async def watch(sid: str, request: Request):
+        """A standing question as server-sent events: {"frames", "text"} after every `every_n_windows`
+        newly encoded windows, until the stream closes or the client goes away."""
+        try:
+            stream = registry.get(sid)
+            body = json.loads(await request.body())
+            every = body.get("every_n_windows", 1)
+            if not isinstance(every, int) or every < 1:
+                raise ValueError(f"every_n_windows must be an int >= 1, got {every!r}")
+            params = SamplingParams(max_tokens=body.get("max_tokens", 64), temperature=body.get("temperature", 0.0))
+            prompt = body["prompt"]
+        except (ValueError, TypeError, KeyError) as exc:
+            return fail(exc if not isinstance(exc, KeyError) else ValueError("watch needs a prompt"))
+
+        async def events():
+            target = stream.encoder.num_windows + every
+            while not stream.is_closed:
+                if stream.encoder.num_windows < target:
+                    await asyncio.sleep(0.05)
+                    continue
+                frames, last = stream.num_frames, None
+                async for delta in engine.generate({"prompt": prompt, "video_stream": stream}, params):
+                    last = delta.output
+                target = stream.encoder.num_windows + every
+                yield f"data: {json.dumps({'frames': frames, 'text': last.text, 'error': last.error})}\n\n"
+            yield "data: [DONE]\n\n"
+        return StreamingResponse(events(), media_type="text/event-stream")
