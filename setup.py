@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "av>=11", "pillow>=9", "import-linter>=2",
-                 "openai>=1.30"],
+                 "openai>=1.30", "ray[data]>=2.40,<3"],
+        "ray": ["ray[data]>=2.40,<3"],
         "bench": ["matplotlib>=3.6", "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["vxl=vxl.cli:main"]},

@@ -12,8 +12,10 @@ import sys
 
 import numpy as np
 
+from vxl.batch.cli import add_batch_parser
 from vxl.engine.planner import DEFAULT_MODEL, parse_bytes
 from vxl.model.registry import builtin_model_names, describe_builtin_models
+from vxl.replay import add_stream_parser, replay
 from vxl.server.serve import add_serve_parser
 
 
@@ -226,7 +228,10 @@ def build_parser() -> _Parser:
     plan.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list the built-in models")
     serve = add_serve_parser(sub)
-    parser.subcommands = {"generate": gen, "demo": demo, "plan": plan, "models": models, "serve": serve}
+    batch = add_batch_parser(sub)
+    stream = add_stream_parser(sub)
+    parser.subcommands = {"generate": gen, "demo": demo, "plan": plan, "models": models, "serve": serve,
+                          "batch": batch, "stream": stream}
     for p in parser.subcommands.values():   # --debug after the subcommand too; SUPPRESS keeps the one before
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
@@ -236,6 +241,11 @@ def _command(args, parser: _Parser) -> int:
     if args.command == "serve":
         from vxl.server.serve import serve
         return serve(args)
+    if args.command == "stream":
+        return replay(args)
+    if args.command == "batch":
+        from vxl.batch.cli import batch
+        return batch(args)
     if args.command == "models":
         print(describe_builtin_models())
         return 0
