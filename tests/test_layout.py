@@ -11,7 +11,7 @@ import sys
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ("README.md", "bench/README.md", "demo_model/README.md")
+DOCS = ("README.md", "bench/README.md", "demo_model/README.md", "docs/serving.md")
 
 
 def lint_imports(root: str) -> subprocess.CompletedProcess:
