@@ -154,6 +154,10 @@ class EngineConfig:
     keyframe_snap: bool = False           # sample the keyframe nearest each uniform index (faster, uneven)
     max_logprobs: int | None = None       # most `logprobs` a request may ask for; None: no cap (offline scoring
                                           # needs full distributions); servers use sampler.MAX_LOGPROBS (20)
+    # per-request caps, checked before any frame is decoded (None: no cap; a server sets tighter ones)
+    max_frames: int | None = None         # frames sampled from one video (after num_frames)
+    max_images: int | None = None         # images of one `images` request
+    max_prompt_tokens: int | None = None  # text tokens of one prompt
 
     def validate(self) -> None:
         if self.attention_backend not in ("torch", "triton"):
@@ -174,6 +178,10 @@ class EngineConfig:
             raise ValueError("video_decode_workers must be an int >= 1")
         if self.max_logprobs is not None and (not isinstance(self.max_logprobs, int) or self.max_logprobs < 0):
             raise ValueError(f"max_logprobs must be None or an int >= 0, got {self.max_logprobs!r}")
+        for name in ("max_frames", "max_images", "max_prompt_tokens"):
+            cap = getattr(self, name)
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {cap!r}")
         if self.max_batch_tokens <= 0:
             raise ValueError("max_batch_tokens must be positive")
 

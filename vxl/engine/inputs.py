@@ -260,6 +260,7 @@ def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | No
         ids = check_token_ids(req.prompt_token_ids, cfg.vocab_size)
     if not ids:
         raise RequestError("the prompt is empty")
+    check_caps(ctx.engine_config, req, ids)
     placeholder = ids.index(IMAGE_TOKEN_INDEX) if IMAGE_TOKEN_INDEX in ids else None
     if placeholder is not None and not sources:
         raise RequestError("the prompt has a video placeholder but the request gives no video or visual_embeds")
@@ -270,4 +271,22 @@ def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | No
     if req.video_memory is not None:
         return memory_request(req, ids, placeholder)
     ratio = check_ratio(req.compression_ratio if req.compression_ratio is not None else cfg.default_ratio)
-    return PreparedRequest(rid, ids, placeholder, open_visual(ctx, req, ratio), ratio)
+    visual = open_visual(ctx, req, ratio)
+    cap = ctx.engine_config.max_frames
+    frames = getattr(visual, "num_frames", None) or 0
+    if cap is not None and req.video is not None and frames > cap:
+        visual.close()
+        raise RequestError(f"the video gives {frames} frames, over the engine's max_frames ({cap}); ask for "
+                           f"num_frames <= {cap}")
+    return PreparedRequest(rid, ids, placeholder, visual, ratio)
+
+
+def check_caps(ec, req: Request, ids: list[int]) -> None:
+    """The engine's per-request caps that are known before any input is opened."""
+    text = len(ids) - (IMAGE_TOKEN_INDEX in ids)
+    if ec.max_prompt_tokens is not None and text > ec.max_prompt_tokens:
+        raise RequestError(f"the prompt has {text} tokens, over the engine's max_prompt_tokens ({ec.max_prompt_tokens})")
+    if ec.max_images is not None and isinstance(req.images, (list, tuple)) and len(req.images) > ec.max_images:
+        raise RequestError(f"{len(req.images)} images are over the engine's max_images ({ec.max_images})")
+    if ec.max_frames is not None and isinstance(req.num_frames, int) and req.num_frames > ec.max_frames:
+        raise RequestError(f"num_frames {req.num_frames} is over the engine's max_frames ({ec.max_frames})")
