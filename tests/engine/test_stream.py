@@ -211,3 +211,37 @@ def test_many_streams_on_a_small_pool_fail_alone_when_out_of_pages():
     for s in streams:
         s.close()
     assert_pool_empty(llm)
+
+
+def test_max_kept_frames_bounds_the_pages_and_keeps_positions(demo, monkeypatch):
+    """A bounded stream gives back its oldest VST pages, so its pages stay bounded over many windows, and
+    what it still holds keeps its positions: a question's rows sit where the unbounded stream's do."""
+    frames = make_sample("retrieval", 240, [97, 0]).frames          # 20 windows of 12 frames
+    bounded = demo.open_stream(compression_ratio=2, max_kept_frames=24, max_queued_windows=0)
+    full = demo.open_stream(compression_ratio=2, max_queued_windows=0)
+    sizes = []
+    for i in range(0, 240, 12):
+        bounded.append(frames[i:i + 12])
+        full.append(frames[i:i + 12])
+        sizes.append(len(bounded.encoder.table.pages))
+    assert max(sizes[5:]) <= sizes[4] + 1 < len(full.encoder.table.pages)
+    assert bounded.encoder.table.num_dropped > 0
+    assert bounded.encoder.table.num_tokens + bounded.encoder.table.num_dropped == full.encoder.table.num_tokens
+    seen = []
+    real = demo.runner.model.forward
+
+    def spy(embeds, step, *rest):
+        seen.append(step.positions.tolist())
+        return real(embeds, step, *rest)
+    monkeypatch.setattr(demo.runner.model, "forward", spy)
+    for stream in (bounded, full):
+        out = demo.generate([{"prompt": "What colour was the object that appeared once?", "video_stream": stream}],
+                            SamplingParams(max_tokens=1), use_tqdm=False)[0]
+        assert out.error is None
+    monkeypatch.undo()
+    assert len(seen) == 2 and seen[0] == seen[1]                   # the same positions, bounded or not
+    with pytest.raises(ValueError, match="max_kept_frames"):
+        bounded.to_memory()
+    bounded.close()
+    full.close()
+    assert_pool_empty(demo)

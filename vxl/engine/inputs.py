@@ -172,6 +172,9 @@ def check_ratio(ratio) -> int:
 def visual_from_embeds(embeds, hidden: int, device, dtype) -> EmbedsTokens:
     if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
         raise RequestError("visual_embeds must be a float tensor [N, hidden]")
+    if embeds.layout != torch.strided or embeds.device.type == "meta":
+        raise RequestError(f"visual_embeds must be a dense tensor holding data, not a {embeds.layout} tensor on "
+                           f"{embeds.device}")
     if embeds.dim() != 2 or embeds.shape[1] != hidden or embeds.shape[0] == 0:
         raise RequestError(f"visual_embeds must have shape [N >= 1, {hidden}], got {list(embeds.shape)}")
     if not torch.isfinite(embeds).all():
@@ -209,6 +212,9 @@ def visual_from_video(ctx: InputContext, video, num_frames) -> VideoTokens:
         raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
         raise RequestError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    if isinstance(video, torch.Tensor) and (video.layout != torch.strided or video.device.type == "meta"):
+        raise RequestError(f"video must be a dense uint8 tensor holding frames, not a {video.layout} tensor on "
+                           f"{video.device}")
     from vxl.engine.video import open_video
     ec = ctx.engine_config
     is_file = isinstance(video, (str, os.PathLike))

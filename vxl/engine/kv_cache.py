@@ -66,13 +66,31 @@ class BlockManager:
 
 
 class BlockTable:
-    """Pages of one sequence and how many kept entries they hold (entries [0, num_tokens))."""
+    """Pages of one sequence and how many kept entries they hold (entries [0, num_tokens)).
 
-    def __init__(self, manager: BlockManager, pages: list[int] | None = None, num_tokens: int = 0):
+    `num_dropped` entries were taken out (whole pages, by `drop_pages`: a bounded stream's oldest VSTs);
+    entries keep their positions, so the next entry's position is num_tokens + num_dropped."""
+
+    def __init__(self, manager: BlockManager, pages: list[int] | None = None, num_tokens: int = 0,
+                 num_dropped: int = 0):
         self.manager = manager
         self.pages: list[int] = list(pages or [])
         self.num_tokens = num_tokens
+        self.num_dropped = num_dropped
         self.is_released = False
+
+    def drop_pages(self, first: int, count: int) -> None:
+        """Take pages [first, first + count) out of the table (their entries are forgotten; later entries
+        keep their positions) and give this table's references back to the pool."""
+        if count <= 0:
+            return
+        if first < 0 or first + count > self.num_tokens // self.manager.page_size:
+            raise ValueError("only whole pages of stored entries can be dropped")
+        gone = self.pages[first:first + count]
+        self.pages = self.pages[:first] + self.pages[first + count:]
+        self.num_tokens -= count * self.manager.page_size
+        self.num_dropped += count * self.manager.page_size
+        self.manager.release(gone)
 
     def reserve(self, num_tokens: int) -> None:
         """Make room for entries [0, num_tokens) (append-only)."""
@@ -143,4 +161,4 @@ class KVCache:
                 v_cache[page].copy_(v_cache[table.pages[num_full]])
         shared = table.pages[:num_full]
         self.pool.share(shared)
-        return BlockTable(self.pool, shared + copied, table.num_tokens)
+        return BlockTable(self.pool, shared + copied, table.num_tokens, table.num_dropped)

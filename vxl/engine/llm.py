@@ -131,10 +131,12 @@ class LLM:
         return self.core.has_unfinished_requests()
 
     def open_stream(self, compression_ratio: int | None = None, prefix_token_ids: list[int] | None = None,
-                    max_queued_windows: int = 2) -> VideoStream:
+                    max_queued_windows: int = 2, max_kept_frames: int | None = None) -> VideoStream:
         """A live video stream (vxl.engine.stream.VideoStream): `append(frames)` as they arrive, ask with
-        {"prompt": q, "video_stream": stream}, `watch` a standing question, `close()` to return its pages."""
-        return VideoStream(self, compression_ratio, prefix_token_ids, max_queued_windows)
+        {"prompt": q, "video_stream": stream}, `watch` a standing question, `close()` to return its pages.
+        max_kept_frames=N keeps only the prefix and about the last N frames' VSTs (bounded memory; not the
+        released model's regime: see bench/README.md); None keeps everything (exact)."""
+        return VideoStream(self, compression_ratio, prefix_token_ids, max_queued_windows, max_kept_frames)
 
     def generate(self, requests, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:

@@ -1,8 +1,15 @@
 """Model runner: embeds the chunks of one step and packs them into a single forward over the paged KV cache
 (`vxl.engine.kv_cache.KVCache`, whose pages the model's layers read and append to).
+
+A step's metadata (positions, slot mapping, block tables, boundaries) and its token ids are built on the
+host from the chunks' Python lists with numpy and reach the device in one copy; nothing in the step path
+reads a device tensor back to the host.
 """
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 
 from vxl.engine.kv_cache import KVCache
@@ -15,70 +22,151 @@ class ModelRunner:
         self.model, self.ops, self.kv_cache = model, ops, kv_cache
         self.device = kv_cache.device
 
-    def embed(self, chunks: list[Chunk]) -> torch.Tensor:
+    def embed(self, chunks: list[Chunk], token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(S, H) source rows of the step in chunk order: token embeddings of text/decode chunks, the raw
-        visual embeddings of windows (their VSTs are added by the first layer)."""
+        visual embeddings of windows (their VSTs are added by the first layer). `token_ids`: the text and
+        decode chunks' ids concatenated, already on the device (`prepare` builds them)."""
+        if token_ids is None:
+            ids = [t for c in chunks if c.token_ids is not None for t in c.token_ids]
+            token_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        tokens = self.model.embed_tokens(token_ids) if token_ids.numel() else None   # one lookup for all chunks
+        if all(c.token_ids is not None for c in chunks):
+            return tokens
         dtype = self.model.beacon_embedding().dtype
-        parts = []
+        parts, start = [], 0
         for c in chunks:
             if c.token_ids is not None:
-                ids = torch.tensor(c.token_ids, dtype=torch.long, device=self.device)
-                parts.append(self.model.embed_tokens(ids))
+                parts.append(tokens[start:start + len(c.token_ids)])
+                start += len(c.token_ids)
             else:
                 parts.append(c.embeds.to(device=self.device, dtype=dtype))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _rows_of(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(is_vst, kept_positions, slot_mapping) of one chunk's rows; reserves the pages it needs."""
-        n, kept = chunk.num_slots, chunk.seq.kept_len
-        table = chunk.seq.table
-        table.reserve(kept + chunk.num_kept)
-        if chunk.is_vst is None:
-            is_vst = torch.zeros(n, dtype=torch.bool, device=self.device)
-            kept_idx = kept + torch.arange(n, device=self.device)
-        else:
-            is_vst = chunk.is_vst
-            # the k-th VST of the window becomes kept entry kept + k; raw rows are not kept (-1)
-            kept_idx = torch.where(is_vst, kept + is_vst.long().cumsum(0) - 1, -1)
-        return is_vst, kept_idx.clamp(min=0), self.kv_cache.slot_mapping(table, kept_idx)
-
     def build_step(self, chunks: list[Chunk]) -> StepInfo:
-        rows = [self._rows_of(c) for c in chunks]
-        lens = [c.num_slots for c in chunks]
-        kept = [c.seq.kept_len for c in chunks]
-        positions = torch.cat([k + torch.arange(n, device=self.device) for k, n in zip(kept, lens)])
-        max_pages = max(len(c.seq.table.pages) for c in chunks)
-        tables = torch.full((len(chunks), max_pages), -1, dtype=torch.int32, device=self.device)
-        for i, c in enumerate(chunks):
-            tables[i, :len(c.seq.table.pages)] = torch.tensor(c.seq.table.pages, dtype=torch.int32)
-        cu = torch.tensor([0] + lens, device=self.device).cumsum(0).to(torch.int32)
-        cu_src = torch.tensor([0] + [c.num_inputs for c in chunks], device=self.device).cumsum(0).to(torch.int32)
-        is_vst = torch.cat([r[0] for r in rows])
-        return StepInfo(positions=positions, is_vst=is_vst,
-                        kept_positions=torch.cat([r[1] for r in rows]),
-                        slot_mapping=torch.cat([r[2] for r in rows]),
-                        cu_seqlens=cu, block_tables=tables, cu_src=cu_src,
-                        ratios=torch.tensor([c.ratio for c in chunks], dtype=torch.int32, device=self.device),
-                        rems=torch.tensor([c.rem for c in chunks], dtype=torch.int32, device=self.device),
-                        kept_lens=torch.tensor(kept, dtype=torch.int32, device=self.device),
-                        is_decode=all(c.kind == "decode" for c in chunks),
-                        has_vst=bool(is_vst.any()))
+        """The StepInfo of the packed chunks; reserves the pages their kept rows need."""
+        return self.prepare(chunks)[0]
+
+    def prepare(self, chunks: list[Chunk]) -> tuple[StepInfo, torch.Tensor, torch.Tensor]:
+        """(StepInfo, token ids [text/decode tokens of the step, in chunk order], sample rows [the last slot
+        of each chunk that samples]), all built on the host and copied to the device at once. Reserves the
+        pages the chunks' kept rows need."""
+        ps = self.kv_cache.page_size
+        lens, kept, num_inputs, tables, ids, sample_rows, is_vst, row = [], [], [], [], [], [], [], 0
+        for c in chunks:
+            kept_len, table, n = c.seq.kept_len, c.seq.table, c.num_slots
+            table.reserve(kept_len + c.num_kept)
+            lens.append(n)
+            kept.append(kept_len)
+            tables.append(table.pages)
+            row += n
+            if c.sample:
+                sample_rows.append(row - 1)
+            if c.token_ids is not None:
+                ids += c.token_ids
+                num_inputs.append(n)
+            else:
+                is_vst.append((row - n, _host_is_vst(c)))
+                num_inputs.append(c.num_inputs)
+        is_vst = _scatter_flags(row, is_vst)
+        lens_np, kept_np = np.array(lens, dtype=np.int64), np.array(kept, dtype=np.int64)
+        cu = np.concatenate([[0], np.cumsum(lens_np)])
+        block_tables = _pad_tables(tables)
+        positions, kept_idx = _row_indices(cu, lens_np, kept_np, is_vst, [c.token_ids is None for c in chunks])
+        chunk_of_row = np.repeat(np.arange(len(chunks)), lens_np)
+        safe = np.maximum(kept_idx, 0)
+        slots = np.where(kept_idx >= 0, block_tables[chunk_of_row, safe // ps] * ps + safe % ps, -1)
+        # entries a table dropped (a bounded stream's oldest VSTs) keep counting in positions, not in slots
+        dropped = np.repeat(np.array([c.seq.table.num_dropped for c in chunks], dtype=np.int64), lens_np)
+        positions, safe = positions + dropped, safe + dropped
+        cu_src = np.concatenate([[0], np.cumsum(num_inputs)])
+        small = [cu, cu_src, [c.ratio for c in chunks], [c.rem for c in chunks], kept_np, block_tables.ravel()]
+        dev = _to_device([positions, safe, slots, ids, sample_rows], small, is_vst, self.device)
+        (positions, kept_positions, slot_mapping, token_ids, sample_idx), small_dev, is_vst_dev = dev
+        cu_t, cu_src_t, ratios, rems, kept_lens, tables_t = small_dev
+        step = StepInfo(positions=positions, is_vst=is_vst_dev, kept_positions=kept_positions,
+                        slot_mapping=slot_mapping, cu_seqlens=cu_t, block_tables=tables_t.view(block_tables.shape),
+                        cu_src=cu_src_t, ratios=ratios, rems=rems, kept_lens=kept_lens,
+                        is_decode=all(c.kind == "decode" for c in chunks), has_vst=bool(is_vst.any()))
+        return step, token_ids, sample_idx
 
     def forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo]:
         """Hidden states (T, H) of every slot of the step; appends the kept rows' K/V to their pages and
         advances each sequence's kept length."""
-        step = self.build_step(chunks)
-        hidden = self.model(self.embed(chunks), step, self.kv_cache.layers, self.ops)   # (S, H) rows -> (T, H) slots
+        return self._forward(chunks)[:2]
+
+    def _forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo, torch.Tensor]:
+        step, token_ids, sample_idx = self.prepare(chunks)
+        embeds = self.embed(chunks, token_ids)                                      # (S, H) source rows
+        hidden = self.model(embeds, step, self.kv_cache.layers, self.ops)           # (T, H) slots
         for c in chunks:
             c.seq.table.num_tokens += c.num_kept
-        return hidden, step
+        return hidden, step, sample_idx
 
     @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor | None:
         """One forward over the packed chunks; returns float32 logits [num sampling chunks, V] in
         chunk order, or None when no chunk samples. Advances each sequence's kept length."""
-        hidden, step = self.forward(chunks)
-        last_rows = [int(step.cu_seqlens[i + 1]) - 1 for i, c in enumerate(chunks) if c.sample]
-        if not last_rows:
+        hidden, _, sample_idx = self._forward(chunks)
+        if not sample_idx.numel():
             return None
-        return self.model.compute_logits(hidden[torch.tensor(last_rows, device=self.device)])
+        return self.model.compute_logits(hidden[sample_idx])
+
+
+def _host_is_vst(chunk: Chunk) -> np.ndarray:
+    """A window's is_vst on the host: its own tensor when that lives on the CPU, else the interleave rule
+    it was made by (`vxl.engine.vst.interleave`), so a window on the GPU costs no read-back."""
+    if chunk.is_vst.device.type == "cpu":
+        return chunk.is_vst.numpy()
+    ratio, slots = chunk.ratio, np.arange(chunk.num_slots)
+    return slots % (ratio + 1) == ratio - chunk.rem if ratio > 0 else np.zeros(chunk.num_slots, dtype=bool)
+
+
+def _scatter_flags(num_rows: int, windows: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """is_vst [T] of the step: False but in the windows' rows, given as (first row, their is_vst)."""
+    flags = np.zeros(num_rows, dtype=bool)
+    for start, window in windows:
+        flags[start:start + window.shape[0]] = window
+    return flags
+
+
+def _pad_tables(tables: list[list[int]]) -> np.ndarray:
+    """Block tables [B, max_pages] (int64), rows padded with -1."""
+    num_pages = np.array([len(t) for t in tables])
+    out = np.full((len(tables), max(num_pages.max(), 1)), -1, dtype=np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(tables), dtype=np.int64, count=int(num_pages.sum()))
+    col = np.arange(flat.shape[0]) - np.repeat(np.cumsum(num_pages) - num_pages, num_pages)
+    out[np.repeat(np.arange(len(tables)), num_pages), col] = flat
+    return out
+
+
+def _row_indices(cu, lens, kept, is_vst, is_window) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, kept_idx) [T] of the step's rows. A chunk's rows sit at positions kept .. kept + n - 1;
+    a text/decode row is kept at its position, the k-th VST of a window becomes kept entry kept + k and
+    the window's raw rows are not kept (-1)."""
+    chunk_start = np.repeat(cu[:-1], lens)
+    positions = np.repeat(kept, lens) + np.arange(cu[-1]) - chunk_start
+    if not any(is_window):
+        return positions, positions
+    vst_before = np.concatenate([[0], np.cumsum(is_vst)])                   # VSTs in rows [0, i)
+    vst_rank = vst_before[1:] - vst_before[chunk_start] - 1                 # k of a VST row within its chunk
+    window_row = np.repeat(np.array(is_window), lens)
+    kept_idx = np.where(window_row, np.where(is_vst, np.repeat(kept, lens) + vst_rank, -1), positions)
+    return positions, kept_idx
+
+
+def _to_device(longs: list, ints: list, flags: np.ndarray, device: torch.device):
+    """The step's int64 arrays, int32 arrays and bool flags in one host buffer, one copy to `device`
+    (pinned and asynchronous on CUDA), then split into typed views, each starting 16-byte aligned (as
+    Triton's pointer specialisation likes). -> (longs, ints, flags) as tensors."""
+    arrays = ([(np.asarray(a, dtype=np.int64), torch.int64) for a in longs]
+              + [(np.asarray(a, dtype=np.int32), torch.int32) for a in ints] + [(flags, torch.bool)])
+    parts, offsets, start = [], [], 0
+    for a, _ in arrays:
+        pad = -a.nbytes % 16
+        parts += [a.view(np.uint8), np.zeros(pad, dtype=np.uint8)]
+        offsets.append(start)
+        start += a.nbytes + pad
+    host = torch.from_numpy(np.concatenate(parts))
+    buf = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+    out = [buf[o:o + a.nbytes].view(dtype) for o, (a, dtype) in zip(offsets, arrays)]
+    return out[:len(longs)], out[len(longs):-1], out[-1]

@@ -61,6 +61,7 @@ class StreamEncoder(Sequence):
         tokens = self.stream._pop_window()
         if tokens is None:
             return None                             # nothing to encode this step
+        self.stream._forget_old_vsts()
         is_vst, next_rem = interleave(tokens.shape[0], self.ratio, self.rem)
         nb = is_vst.shape[0] - tokens.shape[0]
         self.stream._reserve(self.kept_len + nb)
@@ -74,7 +75,7 @@ class VideoStream:
     """A live video on one engine. Made by `LLM.open_stream`; see the module docstring."""
 
     def __init__(self, llm, compression_ratio: int | None = None, prefix_token_ids: list[int] | None = None,
-                 max_queued_windows: int = 2):
+                 max_queued_windows: int = 2, max_kept_frames: int | None = None):
         self.llm, self.core = llm, llm.core
         if not llm.model.has_vision:
             raise ValueError("this checkpoint has no vision tower: streams need one")
@@ -86,6 +87,10 @@ class VideoStream:
         if not isinstance(max_queued_windows, int) or max_queued_windows < 0:
             raise ValueError(f"max_queued_windows must be an int >= 0, got {max_queued_windows!r}")
         self.max_queued_windows = max_queued_windows
+        if max_kept_frames is not None and (isinstance(max_kept_frames, bool) or not isinstance(max_kept_frames, int)
+                                            or max_kept_frames < 1):
+            raise ValueError(f"max_kept_frames must be None or an int >= 1, got {max_kept_frames!r}")
+        self.max_kept_frames = max_kept_frames
         self.stream_id = "stream-" + uuid.uuid4().hex
         self.window = llm.config.beacon_window
         self.tokens_per_frame = llm.model.tokens_per_frame
@@ -162,6 +167,18 @@ class VideoStream:
         with self._lock:
             return self._queue.pop(0) if self._queue else None
 
+    def _forget_old_vsts(self) -> None:
+        """With max_kept_frames: give back the pages that hold only VSTs older than about the last
+        max_kept_frames frames (the prefix and its page stay; kept entries keep their positions)."""
+        if self.max_kept_frames is None:
+            return
+        table, ps = self.encoder.table, self.core.kv_cache.page_size
+        keep = -(-self.max_kept_frames * self.tokens_per_frame // self.ratio)       # VSTs of the last N frames
+        first = -(-len(self.prefix_ids) // ps)                                      # first page without prefix
+        droppable = (table.num_tokens - keep - first * ps) // ps
+        if droppable > 0:
+            table.drop_pages(first, droppable)
+
     def _reserve(self, num_tokens: int) -> None:
         """Pages for the encoder's next window, or a clear error (which fails the stream alone)."""
         pool, table = self.core.kv_cache.pool, self.encoder.table
@@ -201,6 +218,8 @@ class VideoStream:
 
     def to_memory(self):
         """A VideoMemory of every frame so far (its partial window encoded into it); the stream goes on."""
+        if self.encoder.table.num_dropped:
+            raise ValueError("a stream that forgot its oldest frames (max_kept_frames) cannot become a VideoMemory")
         with self.core.lock:
             seq, max_new = self.question_sequence(0, "memory-" + uuid.uuid4().hex, [], SamplingParams(max_tokens=1),
                                                   None, self.window, encode_only=True)

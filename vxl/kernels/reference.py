@@ -154,6 +154,26 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return out[0].transpose(0, 1)
 
 
+def gather_pages(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """Every page of each block table row, padded rows included: [B, max_pages * page_size, nkv, hd].
+
+    Entry i of row b is the sequence's kept entry i for i < its length; the rest (spare capacity, and the
+    -1 padding of shorter rows, read as page 0) is garbage the caller masks out."""
+    num_seqs, max_pages = block_tables.shape
+    pages = block_tables.clamp(min=0).long().flatten()                       # (B * max_pages,)
+    # index_select, not cache[pages]: the same copy, several times faster on the CPU
+    return cache.index_select(0, pages).view(num_seqs, max_pages * cache.shape[1], *cache.shape[2:])
+
+
+def _attend_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """q [B, n, nh, hd], k/v [B, m, nkv, hd], mask [B, n, m] bool (True = visible; every row sees at
+    least one entry) -> [B, n, nh, hd]: `_attend` of B independent problems in one SDPA call."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask[:, None], scale=scale, enable_gqa=True)   # (B, nh, n, hd)
+    return out.transpose(1, 2)
+
+
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, kept_lens: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -167,7 +187,67 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         1 1 | 1 1 0
         1 1 | 1 1 1
     Returns out [T, nh, hd] in q's dtype. Reads the cache only; writes nothing.
+
+    Batched over chunks (`window_attention_per_seq` is the same one chunk at a time): chunks of one row
+    (decode tokens in a prefill step) form one group, the longer ones another, so that a window in the
+    step does not pad every decode token to its length; each group is padded to its longest chunk and
+    its kept pages, and runs as one masked SDPA call. Reads the chunk lengths on the host once.
     """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    out = torch.empty_like(q)
+    cu = cu_seqlens.tolist()
+    lens = [e - s for s, e in zip(cu[:-1], cu[1:])]
+    for group in ([b for b, n in enumerate(lens) if n == 1], [b for b, n in enumerate(lens) if n > 1]):
+        if group:
+            _window_group(q, k, v, k_cache, v_cache, block_tables, kept_lens, cu, lens, group, scale, out)
+    return out
+
+
+def _window_group(q, k, v, k_cache, v_cache, block_tables, kept_lens, cu: list[int], lens: list[int],
+                  group: list[int], scale: float, out: torch.Tensor) -> None:
+    """window_attention of the chunks `group`, padded to the longest of them; writes their rows of out."""
+    device = q.device
+    max_len = max(lens[b] for b in group)
+    starts, chunk_lens = torch.tensor([[cu[b], lens[b]] for b in group], device=device).unbind(1)
+    is_real = torch.arange(max_len, device=device)[None] < chunk_lens[:, None]          # (G, n)
+    # row j of chunk b is packed row cu[b] + j; padding rows repeat the chunk's first row and are dropped
+    rows = starts[:, None] + torch.arange(max_len, device=device)[None] * is_real        # (G, n)
+    idx = torch.tensor(group, device=device)
+    tables = block_tables[idx]
+    k_kept = gather_pages(k_cache, tables).to(k.dtype)                                   # (G, m, nkv, hd)
+    v_kept = gather_pages(v_cache, tables).to(v.dtype)
+    keys = torch.cat([k_kept, k[rows]], dim=1)                                          # (G, m + n, nkv, hd)
+    values = torch.cat([v_kept, v[rows]], dim=1)
+    kept_visible = torch.arange(k_kept.shape[1], device=device)[None] < kept_lens[idx][:, None]   # (G, m)
+    causal = torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril()         # (n, n)
+    mask = torch.cat([kept_visible[:, None, :].expand(-1, max_len, -1),
+                      causal[None] & is_real[:, None, :]], dim=-1)                       # (G, n, m + n)
+    res = _attend_batched(q[rows], keys, values, mask, scale)                           # (G, n, nh, hd)
+    out[rows[is_real]] = res[is_real]
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """One query per sequence over all its kept entries (the new token's K/V already stored).
+
+    q [B, nh, hd]; seq_lens [B] (entries to attend, >= 1). Returns out [B, nh, hd] in q's dtype.
+    Batched (`decode_attention_per_seq` is the same one sequence at a time): every sequence's pages are
+    gathered into [B, max_pages * page_size] once and entries at or past seq_lens[b] are masked, in one
+    SDPA call; nothing is read back to the host.
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    keys = gather_pages(k_cache, block_tables).to(q.dtype)                              # (B, m, nkv, hd)
+    values = gather_pages(v_cache, block_tables).to(q.dtype)
+    mask = torch.arange(keys.shape[1], device=q.device)[None] < seq_lens[:, None]       # (B, m)
+    return _attend_batched(q[:, None], keys, values, mask[:, None], scale)[:, 0]         # (B, nh, hd)
+
+
+def window_attention_per_seq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             k_cache: torch.Tensor, v_cache: torch.Tensor,
+                             block_tables: torch.Tensor, kept_lens: torch.Tensor, cu_seqlens: torch.Tensor,
+                             scale: float | None = None) -> torch.Tensor:
+    """`window_attention` written one chunk at a time (the plain statement; the tests' reference)."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out = torch.empty_like(q)
     for b in range(len(cu_seqlens) - 1):
@@ -182,13 +262,10 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                     scale: float | None = None) -> torch.Tensor:
-    """One query per sequence over all its kept entries (the new token's K/V already stored).
-
-    q [B, nh, hd]; seq_lens [B] (entries to attend, >= 1). Returns out [B, nh, hd] in q's dtype.
-    """
+def decode_attention_per_seq(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                             block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                             scale: float | None = None) -> torch.Tensor:
+    """`decode_attention` written one sequence at a time (the plain statement; the tests' reference)."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out = torch.empty_like(q)
     for b in range(q.shape[0]):

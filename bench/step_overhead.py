@@ -1,0 +1,177 @@
+"""Host cost of one engine step (`python -m bench.step_overhead`): milliseconds per `llm.step()` with 1, 16,
+64, 256 decoding sequences and for a step of visual windows, on the tiny model (torch backend, 1 thread by
+default), measured twice: (a) the whole step, model included; (b) the host part only (scheduler, embedding,
+step preparation `ModelRunner.build_step`, sampling, bookkeeping), the model's forward and logits replaced
+by a stub that returns zeros of the right shape. Writes one labelled run ("before", "after", ...) into a
+JSON file that keeps the other labels, each with hardware, versions and commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import vxl
+from bench.common import RESULTS_DIR, env_info, header_line, log, write_json
+from vxl import LLM, SamplingParams
+
+QUESTION = "What happens?"
+
+
+class StubModel:
+    """The model with its forward and logits replaced by zeros of the right shape (no layer runs); the
+    embedding and everything else come from the real model. Records when the forward was called, so the
+    step's host time splits into before the model (scheduler + preparation) and after it (sampling)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.called_at: float | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, embeds: torch.Tensor, step, kv_caches, ops) -> torch.Tensor:
+        self.called_at = time.perf_counter()
+        return embeds.new_zeros(step.positions.shape[0], embeds.shape[1])      # (T, H)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.new_zeros(hidden.shape[0], self.model.config.vocab_size, dtype=torch.float32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.step_overhead", description=__doc__)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256], help="decoding sequences")
+    p.add_argument("--window-seqs", type=int, default=16, help="sequences of the window step (0: skip it)")
+    p.add_argument("--window-ratio", type=int, default=8, help="compression ratio of the window step")
+    p.add_argument("--steps", type=int, default=30, help="measured steps per case (the median is reported)")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured decode steps first")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--label", default="run", help="name of this run in the JSON (e.g. before, after)")
+    p.add_argument("--commit", default=None,
+                   help="commit string to record instead of the checkout's, when the vxl measured is another tree "
+                        "(e.g. HEAD exported with git archive onto PYTHONPATH)")
+    p.add_argument("--note", default="", help="free text stored with the run (what the tree holds)")
+    p.add_argument("--out", default=os.path.join(RESULTS_DIR, "step_overhead_cpu.json"),
+                   help="JSON file; other labels already in it are kept")
+    return p
+
+
+def new_llm(stub: bool):
+    llm = LLM("tiny", device="cpu", attention_backend="torch")
+    if stub:
+        llm.runner.model = StubModel(llm.runner.model)
+    return llm
+
+
+def timed_steps(llm, keep, num_steps: int) -> dict:
+    """Run steps until `num_steps` have been kept by `keep(step_output)`; ms per kept step (median, min)
+    and, with a stub model, the median ms before its forward."""
+    stub = llm.runner.model if isinstance(llm.runner.model, StubModel) else None
+    times, before = [], []
+    while len(times) < num_steps and llm.has_unfinished_requests():
+        t0 = time.perf_counter()
+        out = llm.step()
+        elapsed = time.perf_counter() - t0
+        if keep(out):
+            times.append(elapsed * 1e3)
+            if stub is not None and stub.called_at is not None:
+                before.append((stub.called_at - t0) * 1e3)
+    if len(times) < num_steps:
+        raise RuntimeError(f"only {len(times)} of {num_steps} steps were of the measured kind")
+    res = {"ms_median": statistics.median(times), "ms_min": min(times), "num_steps": len(times)}
+    if before:
+        res["ms_before_forward_median"] = statistics.median(before)
+    return res
+
+
+def decode_case(num_seqs: int, args, stub: bool) -> dict:
+    llm = new_llm(stub)
+    params = SamplingParams(max_tokens=args.warmup + args.steps + 64, ignore_eos=True)
+    for i in range(num_seqs):
+        llm.add_request({"prompt": f"{QUESTION} {i}"}, params)
+    running = llm.core.scheduler.running
+    while not running or any(s.is_prefilling for s in running) or llm.core.scheduler.waiting:
+        llm.step()
+    for _ in range(args.warmup):
+        llm.step()
+    return timed_steps(llm, lambda out: sum(map(len, out.new_tokens.values())) == num_seqs, args.steps)
+
+
+def window_case(args, stub: bool) -> dict:
+    """Steps made of one visual window per sequence (160 raw rows + their VSTs each)."""
+    llm = new_llm(stub)
+    window, hidden = llm.config.beacon_window, llm.config.hidden_size
+    num_windows = args.warmup + min(args.steps, 10) + 1
+    gen = torch.Generator().manual_seed(0)
+    for i in range(args.window_seqs):
+        embeds = torch.randn(num_windows * window, hidden, generator=gen)
+        llm.add_request({"prompt": f"{QUESTION} {i}", "visual_embeds": embeds,
+                         "compression_ratio": args.window_ratio}, SamplingParams(max_tokens=1))
+    seen = []
+
+    def keep(out) -> bool:
+        seen.append(out.num_windows == args.window_seqs)
+        return seen[-1] and seen.count(True) > args.warmup
+    res = timed_steps(llm, keep, min(args.steps, 10))
+    res["slots_per_step"] = args.window_seqs * (window + window // args.window_ratio)
+    return res
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    cases = {}
+    for n in args.batch_sizes:
+        cases[f"decode_{n}"] = {"num_seqs": n, "whole": decode_case(n, args, stub=False),
+                                "host": decode_case(n, args, stub=True)}
+        log(f"decode x{n}: whole {cases[f'decode_{n}']['whole']['ms_median']:.2f} ms, "
+            f"host {cases[f'decode_{n}']['host']['ms_median']:.2f} ms")
+    if args.window_seqs:
+        key = f"window_{args.window_seqs}"
+        cases[key] = {"num_seqs": args.window_seqs, "ratio": args.window_ratio,
+                      "whole": window_case(args, stub=False), "host": window_case(args, stub=True)}
+        log(f"window x{args.window_seqs}: whole {cases[key]['whole']['ms_median']:.2f} ms, "
+            f"host {cases[key]['host']['ms_median']:.2f} ms")
+    for name, case in cases.items():
+        case["whole"]["steps_per_s"] = 1e3 / case["whole"]["ms_median"]
+        if name.startswith("decode"):
+            case["whole"]["tokens_per_s"] = case["num_seqs"] * case["whole"]["steps_per_s"]
+        case["model_ms_estimate"] = case["whole"]["ms_median"] - case["host"]["ms_median"]
+    env = env_info()
+    if args.commit is not None:
+        env["commit"], env["checkout_commit"] = args.commit, env["commit"]
+    return {"env": env, "note": args.note, "vxl_source": os.path.dirname(vxl.__file__),
+            "model": "tiny", "backend": "torch", "steps": args.steps, "warmup": args.warmup,
+            "cases": cases}
+
+
+def speedups(runs: dict) -> dict:
+    """Per case, before / after of the whole step's and the host part's median ms (where both runs exist)."""
+    if "before" not in runs or "after" not in runs:
+        return {}
+    before, after = runs["before"]["cases"], runs["after"]["cases"]
+    return {name: {part: before[name][part]["ms_median"] / after[name][part]["ms_median"] for part in ("whole", "host")}
+            for name in before if name in after}
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if min(args.batch_sizes) < 1 or args.steps < 1 or args.warmup < 0 or args.window_seqs < 0 or args.threads < 1:
+        raise SystemExit("error: --batch-sizes, --steps and --threads must be >= 1; --warmup, --window-seqs >= 0")
+    result = run(args)
+    doc = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            doc = json.load(f)
+    doc.setdefault("runs", {})[args.label] = result
+    doc["description"] = __doc__.strip()
+    doc["speedup"] = speedups(doc["runs"])
+    log(header_line(result["env"]))
+    log(f"wrote {write_json(args.out, doc)}")
+
+
+if __name__ == "__main__":
+    main()
