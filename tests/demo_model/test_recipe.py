@@ -12,7 +12,7 @@ import torch
 
 from demo_model import loop
 from demo_model.__main__ import parse_args
-from demo_model.loop import TrainConfig, initial_weights, train
+from demo_model.loop import TrainConfig, initial_weights
 from demo_model.recipe import NUM_THREADS, STAGES, main, run_recipe
 from vxl import LLM
 
@@ -87,13 +87,18 @@ def committed_steps(name: str) -> list[dict]:
 @pytest.mark.skipif(os.cpu_count() < NUM_THREADS, reason="the committed run's float rounding needs its 2 threads")
 def test_first_stage_reproduces_its_first_logged_steps(tmp_path):
     """Stage 0 (vision and text pretraining) and the first 20 end-to-end steps of the shipped recipe's
-    first stage, with its exact configuration: the logged loss, first-token accuracy, video length and
-    learning rate equal the committed log's first two records."""
+    first stage, with its exact configuration, in a fresh process (as `python -m demo_model` runs it): the
+    logged loss, first-token accuracy, video length and learning rate equal the committed log's first two
+    records."""
+    import subprocess
+    import sys
     name, args, _ = STAGES[0]
-    cfg, _ = parse_args([*args, "--out-dir", str(tmp_path / name), "--num-threads", str(NUM_THREADS)])
-    train(cfg, stop_after=20)
-    ours = committed = None
-    with open(tmp_path / name / "log.jsonl") as f:
+    out_dir = tmp_path / name
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    done = subprocess.run([sys.executable, "-m", "demo_model", *args, "--out-dir", str(out_dir), "--num-threads",
+                           str(NUM_THREADS), "--stop-after", "20"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out_dir / "log.jsonl") as f:
         ours = [r for r in map(json.loads, f) if "step" in r]
     committed = committed_steps(name)[:2]
     keys = ("step", "loss", "first_token_acc", "mean_frames", "lr")
