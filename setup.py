@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "av>=11", "pillow>=9", "import-linter>=2",
-                 "openai>=1.30", "ray[data]>=2.40,<3"],
+                 "openai>=1.30", "ray[data]>=2.40,<3", "schemathesis>=4.30,<5"],
         "ray": ["ray[data]>=2.40,<3"],
         "bench": ["matplotlib>=3.6", "pytest-benchmark>=4"],
     },

@@ -1,9 +1,11 @@
 """Live-stream benchmark: an hour of synthetic 1 fps video (3600 frames) appended to one stream a minute at
 a time. Reports the encode throughput against real time (frames/s: how many 1 fps streams one engine keeps
 up with), the kept KV bytes and the process RSS after every 10 minutes (RSS should stay flat apart from the
-kept KV), and the latency of a question asked at minutes 10, 30 and 60.
+kept KV), and the latency of a question asked at minutes 10, 30 and 60. With --max-kept-frames N the
+stream keeps the VSTs of the last N frames only, so the kept KV too stays flat once N frames have passed.
 
-    python -m bench.live [--model demo] [--minutes 60] [--ratio 16] [--out bench/results/live_demo_cpu.json]
+    python -m bench.live [--model demo] [--minutes 60] [--ratio 16] [--max-kept-frames N]
+                         [--out bench/results/live_demo_cpu.json]
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="demo")
     p.add_argument("--minutes", type=int, default=60, help="minutes of 1 fps video")
     p.add_argument("--ratio", type=int, default=16)
+    p.add_argument("--max-kept-frames", type=int, default=None,
+                   help="keep the VSTs of the last N frames only (default: every frame, exact)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default="bench/results/live_demo_cpu.json")
     args = p.parse_args(argv)
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     num_frames = args.minutes * 60
     sample = make_sample("retrieval", num_frames, [8_800_001, 0])
     llm = LLM(args.model)
-    stream = llm.open_stream(compression_ratio=args.ratio)
+    stream = llm.open_stream(compression_ratio=args.ratio, max_kept_frames=args.max_kept_frames)
     question = sample.qas[0]
     result = {"benchmark": "live", "env": env_info(), "args": vars(args), "question": question.prompt,
               "right_answer": question.answer, "needle_frame": sample.events[0][0], "checkpoints": []}

@@ -1,6 +1,9 @@
 """Shared test helpers: tiny random Video-XL configs and models, written to official-layout directories."""
 from __future__ import annotations
 
+import struct
+import zlib
+
 import torch
 
 from vxl.config import ModelConfig
@@ -70,3 +73,13 @@ def assert_half_error_within_twice_torch(out, ref_half, ref64) -> None:
     err_torch = (ref_half.double() - ref64).abs().max().item()
     assert err <= 2 * err_torch + 1e-6, f"kernel error {err:.2e} vs torch fp16 error {err_torch:.2e}"
     assert err <= 1e-3 * max(1.0, ref64.abs().max().item()), f"kernel fp16 error {err:.2e}"
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that announces width x height RGB pixels and holds ten bytes of pixel data (a decompression
+    bomb's header): PIL opens it and knows its size, and fails only when it is decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(10)))
+            + chunk(b"IEND", b""))

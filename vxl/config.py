@@ -158,6 +158,8 @@ class EngineConfig:
     max_frames: int | None = None         # frames sampled from one video (after num_frames)
     max_images: int | None = None         # images of one `images` request
     max_prompt_tokens: int | None = None  # text tokens of one prompt
+    max_image_pixels: int | None = 1 << 27  # width x height of one image, read from a file's header before
+                                          # it is decoded (134M pixels: 400 MB as uint8 RGB)
 
     def validate(self) -> None:
         if self.attention_backend not in ("torch", "triton"):
@@ -178,7 +180,7 @@ class EngineConfig:
             raise ValueError("video_decode_workers must be an int >= 1")
         if self.max_logprobs is not None and (not isinstance(self.max_logprobs, int) or self.max_logprobs < 0):
             raise ValueError(f"max_logprobs must be None or an int >= 0, got {self.max_logprobs!r}")
-        for name in ("max_frames", "max_images", "max_prompt_tokens"):
+        for name in ("max_frames", "max_images", "max_prompt_tokens", "max_image_pixels"):
             cap = getattr(self, name)
             if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {cap!r}")

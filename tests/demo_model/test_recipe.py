@@ -88,8 +88,8 @@ def committed_steps(name: str) -> list[dict]:
 def test_first_stage_reproduces_its_first_logged_steps(tmp_path):
     """Stage 0 (vision and text pretraining) and the first 20 end-to-end steps of the shipped recipe's
     first stage, with its exact configuration, in a fresh process (as `python -m demo_model` runs it): the
-    logged loss, first-token accuracy, video length and learning rate equal the committed log's first two
-    records."""
+    logged first-token accuracy, video length and learning rate equal the committed log's first two
+    records and the loss equals it to float32 rounding."""
     import subprocess
     import sys
     name, args, _ = STAGES[0]
@@ -101,5 +101,8 @@ def test_first_stage_reproduces_its_first_logged_steps(tmp_path):
     with open(out_dir / "log.jsonl") as f:
         ours = [r for r in map(json.loads, f) if "step" in r]
     committed = committed_steps(name)[:2]
-    keys = ("step", "loss", "first_token_acc", "mean_frames", "lr")
+    keys = ("step", "first_token_acc", "mean_frames", "lr")
     assert [[r[k] for k in keys] for r in ours] == [[r[k] for k in keys] for r in committed]
+    # The loss is a float32 mean: another CPU's vector units may round its last bits differently
+    # (seen: 5.605518460 against 5.605518508); a wrong sample, step or learning rate moves it by far more.
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in committed], rel=1e-6, abs=0)

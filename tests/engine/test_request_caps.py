@@ -1,10 +1,11 @@
-"""Per-request caps of the engine (frames, images, prompt tokens) refuse a request before any of its
-input is decoded, naming the cap; requests within the caps are unaffected."""
+"""Per-request caps of the engine (frames, images, pixels per image, prompt tokens) refuse a request
+before any of its input is decoded, naming the cap; requests within the caps are unaffected."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from helpers import png_header_only
 from vxl import LLM, SamplingParams
 
 
@@ -33,8 +34,34 @@ def test_caps_refuse_alone_and_name_the_cap(capped, monkeypatch):
     assert usage["num_free_pages"] == usage["num_pages"]
 
 
+def test_the_pixel_cap_refuses_an_image_from_its_header(tmp_path):
+    llm = LLM("tiny", device="cpu", max_image_pixels=100 * 100)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header_only(3000, 3000))
+    huge = str(huge)
+    small = np.random.default_rng(1).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    over = np.zeros((101, 100, 3), np.uint8)
+    outs = llm.generate([
+        {"prompt": "q", "image": huge},                             # one image, anyres tiles
+        {"prompt": "q", "images": [small, huge]},                   # several images: found when its chunk loads
+        {"prompt": "q", "images": [small, over]},                   # an array: refused before any work
+        {"prompt": "q", "image": over},
+        {"prompt": "q", "image": small}], SamplingParams(max_tokens=2), use_tqdm=False)
+    assert [o.finish_reason for o in outs] == ["error"] * 4 + ["length"]
+    assert "3000x3000 = 9000000 pixels" in outs[0].error and "max_image_pixels (10000)" in outs[0].error
+    assert "images[1]" in outs[1].error and "max_image_pixels (10000)" in outs[1].error
+    assert "images[1]" in outs[2].error and "100x101" in outs[2].error
+    assert "max_image_pixels (10000)" in outs[3].error
+    usage = llm.kv_cache_usage()
+    assert usage["num_free_pages"] == usage["num_pages"]
+    # without the cap the same file reaches the decoder, which finds no pixel data
+    wide = LLM("tiny", device="cpu", max_image_pixels=None).generate(
+        [{"prompt": "q", "image": huge}], SamplingParams(max_tokens=2), use_tqdm=False)[0]
+    assert wide.finish_reason == "error" and "truncated" in wide.error and "max_image_pixels" not in wide.error
+
+
 @pytest.mark.parametrize("name,value", [("max_frames", 0), ("max_images", -1), ("max_prompt_tokens", 2.5),
-                                        ("max_frames", True)])
+                                        ("max_frames", True), ("max_image_pixels", 0)])
 def test_bad_caps_are_refused_at_construction(name, value):
     with pytest.raises(ValueError, match=name):
         LLM("tiny", device="cpu", **{name: value})

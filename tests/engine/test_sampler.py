@@ -27,6 +27,9 @@ def test_top_k_and_top_p_filters():
     assert torch.isfinite(kept).tolist() == [True, False, True, False, False]
     kept = filter_logits(logits, 0, float(probs[0]) - 0.01)
     assert torch.isfinite(kept).tolist() == [True, False, False, False, False]
+    for tiny in (5e-324, 1e-45, 1e-30):              # below float32's range or near its smallest normal
+        assert torch.isfinite(filter_logits(logits, 0, tiny)).tolist() == [True, False, False, False, False]
+        assert sample_token(logits, SamplingParams(temperature=1.0, top_p=tiny), torch.Generator())[0] == 0
 
 
 def test_temperature_sampling_follows_the_distribution_and_the_seed():

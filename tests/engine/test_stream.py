@@ -84,6 +84,25 @@ def test_tiny_stream_equals_the_request_over_the_same_frames(tiny, ratio, num_fr
     check_exact(tiny, frames, ratio, "random", "What is happening?", SamplingParams(max_tokens=5, logprobs=2))
 
 
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    """A tiny model written in the official layout (safetensors weights with the
+    `model.vision_tower.vision_tower.vision_model.*` CLIP keys, tokenizer, clip/ directory) and loaded back."""
+    from vxl.model.tiny import build_tiny, save_checkpoint
+    path = tmp_path_factory.mktemp("official")
+    save_checkpoint(build_tiny(torch.device("cpu"), torch.float32, seed=11), str(path))
+    return LLM(str(path), device="cpu", dtype="float32", attention_backend="torch")
+
+
+# window 160 tokens = 10 frames of 16: ratio 8 divides it, 12 does not; 23 frames end mid-window, 20 at its end
+@pytest.mark.parametrize("ratio", [8, 12])
+@pytest.mark.parametrize("num_frames", [23, 20])
+@pytest.mark.parametrize("how", ["ones", "random"])
+def test_official_layout_stream_equals_the_request_over_the_same_frames(official, ratio, num_frames, how):
+    frames = np.random.default_rng([num_frames, ratio]).integers(0, 256, (num_frames, 36, 44, 3), dtype=np.uint8)
+    check_exact(official, frames, ratio, how, "What is happening?", SamplingParams(max_tokens=5, logprobs=2))
+
+
 def test_a_standing_question_answers_after_every_k_windows(demo):
     frames = make_sample("counting", 72, [92, 0]).frames          # 6 windows of 12 frames
     stream = demo.open_stream(compression_ratio=4, max_queued_windows=0)   # append encodes at once

@@ -20,6 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from helpers import png_header_only
 from vxl import LLM, SamplingParams
 from vxl.demo.tasks import make_sample
 
@@ -97,6 +98,16 @@ def chat_body(url, question, **extra):
                                                        {"type": "text", "text": question}]}], **extra}
 
 
+def image_body(url, question="q"):
+    return {"model": "demo", "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                       {"type": "text", "text": question}]}]}
+
+
+def png_data_url(width: int, height: int) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_header_only(width, height)).decode()
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
@@ -162,7 +173,8 @@ def test_bad_requests_get_their_status_and_message(server, videos, tmp_path):
              (chat_body(good, "q", compression_ratio=0), 400, "compression_ratio"),
              (chat_body(good, "q", model="gpt-4"), 404, "not served"),
              (chat_body(good, "q", n=2), 400, "n=1"),
-             ({"messages": "hi"}, 400, "messages")]
+             ({"messages": "hi"}, 400, "messages"),
+             (image_body(png_data_url(6000, 6000)), 413, "6000x6000 = 36000000 pixels, over the server's cap")]
     for body, status, words in cases:
         got, reply = server.post("/v1/chat/completions", body)
         assert got == status and words in reply["error"]["message"], (body, reply)
@@ -274,6 +286,9 @@ def test_a_live_stream_over_http_answers_as_the_same_frames_offline(server, offl
     assert status == 200 and reply["choices"][0]["message"]["content"] == want.text
     assert post_raw(server, f"/v1/streams/{sid}/frames", b"junk", "image/png")[0] == 400
     assert post_raw(server, f"/v1/streams/{sid}/frames", b"{}", "application/json")[0] == 400
+    status, reply = post_raw(server, f"/v1/streams/{sid}/frames", png_header_only(6000, 6000), "image/png")
+    assert status == 413 and "over the server's cap" in reply["error"]["message"]
+    assert json.loads(server.get(f"/v1/streams/{sid}")[1])["num_frames"] == 30     # refused posts added nothing
     req = urllib.request.Request(server.base + f"/v1/streams/{sid}", method="DELETE")
     with urllib.request.urlopen(req, timeout=60) as r:
         assert r.status == 200

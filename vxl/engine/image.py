@@ -23,34 +23,45 @@ SUPPORTED_ASPECT_RATIO = "anyres"
 SUPPORTED_MERGE_TYPE = "unires"
 
 
-def _check_pil(img: Image.Image, what: str) -> torch.Tensor:
+def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    """Refuse an image over `max_pixels` from its size alone (a file's header), before it is decoded:
+    a small compressed file can hold an image of gigabytes."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(f"{what} is {width}x{height} = {width * height} pixels, over the engine's "
+                         f"max_image_pixels ({max_pixels})")
+
+
+def _check_pil(img: Image.Image, what: str, max_pixels: int | None = None) -> torch.Tensor:
     if img.width < 1 or img.height < 1:
         raise ValueError(f"{what} is empty: size {img.width}x{img.height}")
+    check_pixels(img.width, img.height, max_pixels, what)
     return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8))    # (H, W, 3)
 
 
-def _load_path(path) -> torch.Tensor:
+def _load_path(path, max_pixels: int | None = None) -> torch.Tensor:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"image file not found: {path}")
     if not os.path.isfile(path):
         raise ValueError(f"image path is not a file: {path}")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:      # reads the header only
+            check_pixels(img.width, img.height, max_pixels, f"image {path}")
             img.load()                      # decode now: a truncated file fails here, not later
             return _check_pil(img, f"image {path}")
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read {path} as an image: {e}") from None
 
 
-def load_image(image) -> torch.Tensor:
+def load_image(image, max_pixels: int | None = None) -> torch.Tensor:
     """A path (str / os.PathLike, read with PIL), a PIL image, or a uint8 numpy array / torch tensor
     [H, W, 3] -> uint8 RGB tensor [H, W, 3] (arrays keep their device). PIL images of any mode are
-    converted to RGB, as the released code does when it opens an image. Bad input raises ValueError."""
+    converted to RGB, as the released code does when it opens an image. Bad input, or an image of more
+    than `max_pixels` pixels (checked before a file is decoded), raises ValueError."""
     if isinstance(image, (str, os.PathLike)):
-        return _load_path(image)
+        return _load_path(image, max_pixels)
     if isinstance(image, Image.Image):
-        return _check_pil(image, "PIL image")
+        return _check_pil(image, "PIL image", max_pixels)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"image array must have dtype uint8, got {image.dtype}")
@@ -63,6 +74,7 @@ def load_image(image) -> torch.Tensor:
         raise ValueError(f"image array must have shape [H, W, 3], got {tuple(image.shape)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image array is empty: shape {tuple(image.shape)}")
+    check_pixels(image.shape[1], image.shape[0], max_pixels, "image array")
     return image
 
 
@@ -185,7 +197,7 @@ def anyres_grid_shape(size: tuple[int, int], pinpoints, tile_size: int) -> tuple
     return w // tile_size, h // tile_size
 
 
-def anyres_tiles(image, pinpoints, tile_size: int) -> torch.Tensor:
+def anyres_tiles(image, pinpoints, tile_size: int, max_pixels: int | None = None) -> torch.Tensor:
     """One image -> the uint8 tiles [N, tile_size, tile_size, 3] (row-major) whose features the released
     unires merge keeps: best pinpoint, resize_and_pad, divide_to_tiles.
 
@@ -194,19 +206,19 @@ def anyres_tiles(image, pinpoints, tile_size: int) -> torch.Tensor:
     drops feature 0 ("base image feature is never used in unires"), so it is not produced here. Each tile
     then goes through CLIP (layer -2, no CLS), the projector and a 2x2 average pool, as a video frame.
     """
-    img = load_image(image)
+    img = load_image(image, max_pixels)
     _check_multiples(pinpoints, tile_size)
     target = select_best_resolution((img.shape[1], img.shape[0]), pinpoints)
     return divide_to_tiles(resize_and_pad(img, target), tile_size)
 
 
-def _load_all(images, first_idx: int = 0) -> list[torch.Tensor]:
+def _load_all(images, first_idx: int = 0, max_pixels: int | None = None) -> list[torch.Tensor]:
     if not isinstance(images, (list, tuple)) or len(images) == 0:
         raise ValueError(f"images must be a non-empty list, got {type(images).__name__}")
     out = []
     for idx, image in enumerate(images):
         try:
-            out.append(load_image(image))
+            out.append(load_image(image, max_pixels))
         except ValueError as e:
             raise ValueError(f"images[{first_idx + idx}]: {e}") from None
     return out
@@ -245,11 +257,13 @@ class ImageFramesSource:
     """Several images as a video source (one frame each, `images_as_frames` pixels), read lazily: the
     frame count, and so the request's token count, is len(images) before any image is decoded, and an
     image is loaded only when its chunk of frames is needed (never all at once). Only cheap checks run
-    here (types, that paths exist); a bad image found later fails its request with its index."""
+    here (types, that paths exist, the size of arrays and PIL images against `max_pixels`); a bad image
+    found later, a file over `max_pixels` among them (checked from its header before it is decoded), fails
+    its request with its index."""
 
     decoder = None
 
-    def __init__(self, images, processor: ImageProcessorConfig):
+    def __init__(self, images, processor: ImageProcessorConfig, max_pixels: int | None = None):
         if not isinstance(images, (list, tuple)) or len(images) == 0:
             raise ValueError(f"images must be a non-empty list, got {type(images).__name__}")
         for idx, image in enumerate(images):
@@ -258,6 +272,12 @@ class ImageFramesSource:
                                  f"got {type(image).__name__}")
             if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
                 raise ValueError(f"images[{idx}]: image file not found: {os.fspath(image)}")
+            size = image.size if isinstance(image, Image.Image) else (
+                (image.shape[1], image.shape[0]) if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 3
+                else None)
+            if size is not None:
+                check_pixels(*size, max_pixels, f"images[{idx}]")
+        self.max_pixels = max_pixels
         self.geometry = _frame_geometry(processor)
         self.images = list(images)
         self.num_frames = self.total_frames = len(self.images)
@@ -266,7 +286,7 @@ class ImageFramesSource:
     def iter_chunks(self, chunk_frames: int):
         """uint8 [n, S, S, 3] per chunk of at most `chunk_frames` images, in order."""
         for start in range(0, self.num_frames, chunk_frames):
-            loaded = _load_all(self.images[start:start + chunk_frames], first_idx=start)
+            loaded = _load_all(self.images[start:start + chunk_frames], first_idx=start, max_pixels=self.max_pixels)
             yield _as_frames(loaded, self.geometry)
 
     def close(self) -> None:

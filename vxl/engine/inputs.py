@@ -191,11 +191,12 @@ def visual_from_images(ctx: InputContext, image, images) -> VideoTokens:
         raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
     proc, cfg = ctx.image_processor, ctx.config
     try:
+        max_pixels = ctx.engine_config.max_image_pixels
         if image is None:
-            return video_tokens(ctx, img.ImageFramesSource(images, proc))
+            return video_tokens(ctx, img.ImageFramesSource(images, proc, max_pixels))
         img.check_image_config(cfg.image_aspect_ratio, cfg.mm_patch_merge_type)
         pins = img.parse_pinpoints(cfg.image_grid_pinpoints, tile_size=proc.crop_size)
-        frames = img.anyres_tiles(image, pins, proc.crop_size)              # (tiles, S, S, 3)
+        frames = img.anyres_tiles(image, pins, proc.crop_size, max_pixels)  # (tiles, S, S, 3)
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     return visual_from_video(ctx, frames, None)

@@ -48,14 +48,16 @@ class LLM:
     text_chunk_size, video_decode_workers (parallel decord readers per video file), keyframe_snap (sample the
     nearest keyframes instead of exact uniform indices: much faster decoding, slightly uneven spacing).
     Per-request caps, checked before any frame is decoded (None: none): max_frames, max_images,
-    max_prompt_tokens; max_logprobs caps SamplingParams.logprobs.
+    max_prompt_tokens, max_image_pixels (default 2**27; an image's size is read from its file's header
+    before it is decoded); max_logprobs caps SamplingParams.logprobs.
     """
 
     def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
                  page_size: int = 16, num_pages: int | None = None, kv_cache_bytes: int | None = None,
                  max_batch_tokens: int = 8192, text_chunk_size: int | None = None, video_decode_workers: int = 1,
                  keyframe_snap: bool = False, seed: int = 0, max_logprobs: int | None = None,
-                 max_frames: int | None = None, max_images: int | None = None, max_prompt_tokens: int | None = None):
+                 max_frames: int | None = None, max_images: int | None = None, max_prompt_tokens: int | None = None,
+                 max_image_pixels: int | None = EngineConfig.max_image_pixels):
         if not isinstance(model, (str, LoadedModel)):
             raise TypeError(f"model must be a built-in name ({', '.join(builtin_model_names())}), a checkpoint "
                             f"directory or a LoadedModel, not {type(model).__name__}")
@@ -67,7 +69,7 @@ class LLM:
         self.engine_config = EngineConfig(str(self.device), str(self.dtype), backend, page_size, num_pages,
                                           kv_cache_bytes, max_batch_tokens, text_chunk_size, video_decode_workers,
                                           keyframe_snap, max_logprobs, max_frames=max_frames, max_images=max_images,
-                                          max_prompt_tokens=max_prompt_tokens)
+                                          max_prompt_tokens=max_prompt_tokens, max_image_pixels=max_image_pixels)
         self.engine_config.validate()
         self.ops = get_backend(backend)
         self.loaded = self._load(model, seed)

@@ -100,6 +100,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the mass before it already reaches top_p (the top token always stays)
         drop = (probs.cumsum(-1) - probs) >= top_p
+        drop[0] = False                     # a top_p below float32's smallest number compares equal to 0
         logits = logits.clone()
         logits[order[drop]] = float("-inf")
     return logits

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from vxl.server import openapi
 from vxl.server.async_llm import AsyncLLM, EncodeError
 from vxl.server.media import MediaError, MediaLimits
 from vxl.server.metrics import ServerMetrics
@@ -70,34 +71,34 @@ def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int 
         await asyncio.to_thread(engine.shutdown)
     app = FastAPI(title="vxl", description="OpenAI-compatible server for Video-XL", lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.llm, app.state.video_cache = engine, metrics, llm, cache
-    add_stream_routes(app, engine, streams, limits.max_frames, limits.max_video_bytes)
+    add_stream_routes(app, engine, streams, limits)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc):
         return error(str(exc), 400)
 
-    @app.get("/health")
+    @app.get("/health", **openapi.HEALTH)
     async def health():
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", **openapi.MODELS)
     async def models():
         return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": 0,
                                             "owned_by": "vxl", "max_frames": limits.max_frames}]}
 
-    @app.post("/vxl/video_cache/clear")
+    @app.post("/vxl/video_cache/clear", **openapi.CLEAR_CACHE)
     async def clear_cache():
         """Release every cached video no request is using (their pages return to the pool)."""
         if cache is not None:
             await asyncio.to_thread(cache.clear)
         return {"entries": len(cache) if cache is not None else 0}
 
-    @app.get("/metrics")
+    @app.get("/metrics", **openapi.METRICS)
     async def prometheus():
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", **openapi.CHAT)
     async def chat(request: Request):
         started = time.perf_counter()
         try:

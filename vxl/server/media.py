@@ -31,6 +31,7 @@ class MediaLimits:
     max_frames: int = 256
     max_video_bytes: int = 512 * 2**20
     max_images: int = 64
+    max_image_pixels: int = 1 << 25     # width x height of one image (33.5M: an 8K UHD frame fits)
 
 
 @dataclass
@@ -113,19 +114,39 @@ def resolve_video(url: str, uuid: str | None, media: Media, limits: MediaLimits)
     raise MediaError("only file:// and data: video URLs are supported (the server fetches nothing)")
 
 
+def check_image_size(image, limits: MediaLimits, what: str) -> None:
+    """413 for an image over the pixel cap, from its header alone (before it is decoded)."""
+    w, h = image.size
+    if w * h > limits.max_image_pixels:
+        raise MediaError(f"{what} is {w}x{h} = {w * h} pixels, over the server's cap of {limits.max_image_pixels}",
+                         413, "too_large")
+
+
 def resolve_image(url: str, limits: MediaLimits):
-    """A path (file URL) or a PIL image (data URL)."""
+    """A path (file URL) or a PIL image (data URL); either refused over the pixel cap before decoding."""
+    from PIL import Image
     if not isinstance(url, str):
         raise MediaError("image_url.url must be a string")
     if url.startswith("file:"):
-        return local_path(url, limits)
+        path = local_path(url, limits)
+        try:
+            with Image.open(path) as image:     # the header only; a file PIL cannot read fails in the engine
+                check_image_size(image, limits, "the image file")
+        except MediaError:
+            raise
+        except Exception:                   # PIL raises many kinds for junk bytes
+            pass
+        return path
     if url.startswith("data:"):
-        from PIL import Image
         _, data = data_bytes(url, "image", limits.max_video_bytes)
         try:
             image = Image.open(io.BytesIO(data))
+        except Exception as exc:
+            raise MediaError(f"the image data URL does not decode: {exc}") from None
+        check_image_size(image, limits, "the image data URL")
+        try:
             image.load()
-        except Exception as exc:        # PIL raises many kinds for junk bytes
+        except Exception as exc:
             raise MediaError(f"the image data URL does not decode: {exc}") from None
         return image.convert("RGB")
     raise MediaError("only file:// and data: image URLs are supported (the server fetches nothing)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from vxl.engine.inputs import SYSTEM_PROMPT
 from vxl.engine.request import RequestOutput
-from vxl.engine.sampler import SamplingParams
+from vxl.engine.sampler import MAX_LOGPROBS, SamplingParams
 from vxl.server.media import Media, MediaError, MediaLimits, resolve_image, resolve_video
 
 KNOWN_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed",
@@ -35,6 +35,11 @@ class ChatRequest:
     include_usage: bool = False
     want_logprobs: bool = False
     cached_visual_tokens: int = 0           # visual tokens answered from the video cache (no encoding)
+
+
+def _or_default(value, default):
+    """`value` unless it is null (a false value of the wrong type must still be refused by its check)."""
+    return default if value is None else value
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -103,9 +108,9 @@ def _text_of(content) -> str | None:
 
 
 def num_frames_of(body: dict, limits: MediaLimits) -> int:
-    kwargs = body.get("media_io_kwargs") or {}
+    kwargs = _or_default(body.get("media_io_kwargs"), {})
     _expect(isinstance(kwargs, dict), "media_io_kwargs must be an object")
-    video = kwargs.get("video") or {}
+    video = _or_default(kwargs.get("video"), {})
     _expect(isinstance(video, dict), "media_io_kwargs.video must be an object")
     n = video.get("num_frames", limits.max_frames)
     _expect(isinstance(n, int) and not isinstance(n, bool) and n >= 1, "media_io_kwargs.video.num_frames must be an "
@@ -116,14 +121,21 @@ def num_frames_of(body: dict, limits: MediaLimits) -> int:
 
 
 def sampling_params(body: dict) -> tuple[SamplingParams, list[str]]:
-    n = body.get("n", 1)
-    _expect(n == 1, "only n=1 is supported")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or DEFAULT_MAX_TOKENS
-    stop = body.get("stop") or []
+    n = body.get("n")
+    _expect(n is None or (type(n) is int and n == 1), "only n=1 is supported")
+    for name, least in (("max_completion_tokens", 1), ("max_tokens", 1), ("top_logprobs", 0), ("top_k", 0)):
+        value = body.get(name)
+        _expect(value is None or (type(value) is int and value >= least), f"{name} must be an int >= {least} or "
+                f"null, got {value!r}")
+    max_tokens = body.get("max_completion_tokens")
+    max_tokens = _or_default(_or_default(max_tokens, body.get("max_tokens")), DEFAULT_MAX_TOKENS)
+    stop = _or_default(body.get("stop"), [])
     stop = [stop] if isinstance(stop, str) else stop
     _expect(isinstance(stop, list) and all(isinstance(s, str) and s for s in stop) and len(stop) <= 8,
             "stop must be a non-empty string or a list of at most 8 of them")
     top_logprobs = body.get("top_logprobs")
+    _expect(top_logprobs is None or top_logprobs <= MAX_LOGPROBS, f"top_logprobs must be at most {MAX_LOGPROBS}, "
+            f"got {top_logprobs}")
     logprobs = None
     if body.get("logprobs"):
         logprobs = top_logprobs if top_logprobs is not None else 0
@@ -131,10 +143,26 @@ def sampling_params(body: dict) -> tuple[SamplingParams, list[str]]:
     try:
         params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if temperature is None else temperature,
                                 top_p=body.get("top_p") if body.get("top_p") is not None else 1.0,
-                                top_k=body.get("top_k") or 0, seed=body.get("seed"), logprobs=logprobs)
+                                top_k=_or_default(body.get("top_k"), 0), seed=body.get("seed"), logprobs=logprobs)
     except (TypeError, ValueError) as exc:
         raise BadRequest(str(exc)) from None
     return params, stop
+
+
+# fields read as flags or names: null or absent, else of this type
+TYPED_FIELDS = {"model": str, "user": str, "stream": bool, "logprobs": bool, "stream_options": dict,
+                "media_io_kwargs": dict}
+
+
+def check_field_types(body: dict) -> None:
+    for name, kind in TYPED_FIELDS.items():
+        value = body.get(name)
+        _expect(value is None or isinstance(value, kind), f"{name} must be a {kind.__name__} or null, got "
+                f"{type(value).__name__}")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = body.get(name)
+        _expect(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0),
+                f"{name} is not supported: give 0 or leave it out, not {value!r}")
 
 
 def parse_chat_request(body, limits: MediaLimits, streams=None) -> ChatRequest:
@@ -142,9 +170,10 @@ def parse_chat_request(body, limits: MediaLimits, streams=None) -> ChatRequest:
     _expect(isinstance(body, dict), "the request body must be a JSON object")
     unknown = set(body) - KNOWN_FIELDS
     _expect(not unknown, f"unknown field(s) {sorted(unknown)}")
+    check_field_types(body)
     params, stop = sampling_params(body)
-    options = body.get("stream_options") or {}
-    _expect(isinstance(options, dict), "stream_options must be an object")
+    options = _or_default(body.get("stream_options"), {})
+    _expect(isinstance(options.get("include_usage", False), bool), "stream_options.include_usage must be a bool")
     media = Media()
     try:
         question, visual = parse_messages(body.get("messages"), media, limits, num_frames_of(body, limits), streams)

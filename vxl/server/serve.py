@@ -17,6 +17,8 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
                    help="most frames sampled from one video (also the default num_frames)")
     p.add_argument("--max-video-bytes", type=int, default=MediaLimits.max_video_bytes)
     p.add_argument("--max-images", type=int, default=MediaLimits.max_images)
+    p.add_argument("--max-image-pixels", type=int, default=MediaLimits.max_image_pixels,
+                   help="most pixels (width x height) in one image, checked before it is decoded")
     p.add_argument("--max-prompt-tokens", type=int, default=8192, help="most text tokens in one request's prompt")
     p.add_argument("--served-model-name", default=None, help="the model name clients use (default: MODEL)")
     p.add_argument("--max-queued", type=int, default=256, help="requests in flight before new ones get 503")
@@ -36,14 +38,16 @@ def serve(args) -> int:
 
     from vxl import LLM
     from vxl.server.app import build_app
-    for name in ("max_frames", "max_video_bytes", "max_images", "max_queued", "max_prompt_tokens"):
+    for name in ("max_frames", "max_video_bytes", "max_images", "max_image_pixels", "max_queued", "max_prompt_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     from vxl.engine.sampler import MAX_LOGPROBS
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
               kv_cache_bytes=args.kv_cache_bytes, max_logprobs=MAX_LOGPROBS, max_frames=args.max_frames,
-              max_images=args.max_images, max_prompt_tokens=args.max_prompt_tokens)
-    limits = MediaLimits(args.allowed_local_media_path, args.max_frames, args.max_video_bytes, args.max_images)
+              max_images=args.max_images, max_prompt_tokens=args.max_prompt_tokens,
+              max_image_pixels=args.max_image_pixels)
+    limits = MediaLimits(args.allowed_local_media_path, args.max_frames, args.max_video_bytes, args.max_images,
+                         args.max_image_pixels)
     app = build_app(llm, args.served_model_name or args.model, limits, args.max_queued,
                     video_cache=not args.no_video_cache, stream_idle_timeout_s=args.stream_idle_timeout)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -15,19 +15,26 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from vxl.engine.sampler import SamplingParams
-from vxl.server.media import MediaError
+from vxl.server import openapi
+from vxl.server.media import MediaError, MediaLimits, check_image_size
 from vxl.server.protocol import error_body
 
 
-def frames_of(body: bytes, content_type: str, max_frames: int) -> np.ndarray:
-    """uint8 [T, H, W, 3] frames of a posted image or short video."""
+def frames_of(body: bytes, content_type: str, limits: MediaLimits) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames of a posted image (refused over the pixel cap before it is decoded) or
+    short video."""
     kind = content_type.split(";")[0].strip().lower()
+    max_frames = limits.max_frames
     if kind.startswith("image/"):
         from PIL import Image
         try:
             image = Image.open(io.BytesIO(body))
-            return np.asarray(image.convert("RGB"))[None]
         except Exception as exc:        # PIL raises many kinds for junk bytes
+            raise MediaError(f"the posted image does not decode: {exc}") from None
+        check_image_size(image, limits, "the posted image")
+        try:
+            return np.asarray(image.convert("RGB"))[None]
+        except Exception as exc:
             raise MediaError(f"the posted image does not decode: {exc}") from None
     if kind.startswith("video/"):
         import av
@@ -85,12 +92,12 @@ def status(sid: str, stream) -> dict:
             "kept_kv_bytes": stream.kept_kv_bytes, "error": stream.error}
 
 
-def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, max_frames: int, max_bytes: int) -> None:
+def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, limits: MediaLimits) -> None:
     def fail(exc: Exception) -> JSONResponse:
         code = exc.status if isinstance(exc, MediaError) else 400
         return JSONResponse(error_body(str(exc), code, getattr(exc, "code", None)), status_code=code)
 
-    @app.post("/v1/streams")
+    @app.post("/v1/streams", **openapi.OPEN_STREAM)
     async def open_stream(request: Request):
         try:
             body = json.loads(await request.body() or b"{}")
@@ -99,27 +106,27 @@ def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, max_frames
             return fail(exc)
         return status(sid, stream)
 
-    @app.post("/v1/streams/{sid}/frames")
+    @app.post("/v1/streams/{sid}/frames", **openapi.POST_FRAMES)
     async def post_frames(sid: str, request: Request):
         try:
             stream = registry.get(sid)
             body = await request.body()
-            if len(body) > max_bytes:
-                raise MediaError(f"the post is over the cap of {max_bytes} bytes", 413, "too_large")
-            frames = frames_of(body, request.headers.get("content-type", ""), max_frames)
+            if len(body) > limits.max_video_bytes:
+                raise MediaError(f"the post is over the cap of {limits.max_video_bytes} bytes", 413, "too_large")
+            frames = frames_of(body, request.headers.get("content-type", ""), limits)
             await asyncio.to_thread(stream.append, frames)
         except (ValueError, TypeError, RuntimeError) as exc:
             return fail(exc)
         return status(sid, stream)
 
-    @app.get("/v1/streams/{sid}")
+    @app.get("/v1/streams/{sid}", **openapi.GET_STREAM)
     async def get_stream(sid: str):
         try:
             return status(sid, registry.get(sid))
         except MediaError as exc:
             return fail(exc)
 
-    @app.delete("/v1/streams/{sid}")
+    @app.delete("/v1/streams/{sid}", **openapi.DELETE_STREAM)
     async def delete_stream(sid: str):
         try:
             await asyncio.to_thread(registry.close, sid)
@@ -127,20 +134,24 @@ def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, max_frames
             return fail(exc)
         return {"id": sid, "closed": True}
 
-    @app.post("/v1/streams/{sid}/watch")
+    @app.post("/v1/streams/{sid}/watch", **openapi.WATCH)
     async def watch(sid: str, request: Request):
         """A standing question as server-sent events: {"frames", "text"} after every `every_n_windows`
         newly encoded windows, until the stream closes or the client goes away."""
         try:
-            stream = registry.get(sid)
             body = json.loads(await request.body())
+            if not isinstance(body, dict):
+                raise ValueError("the watch body must be a JSON object with a prompt")
             every = body.get("every_n_windows", 1)
-            if not isinstance(every, int) or every < 1:
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
                 raise ValueError(f"every_n_windows must be an int >= 1, got {every!r}")
             params = SamplingParams(max_tokens=body.get("max_tokens", 64), temperature=body.get("temperature", 0.0))
-            prompt = body["prompt"]
-        except (ValueError, TypeError, KeyError) as exc:
-            return fail(exc if not isinstance(exc, KeyError) else ValueError("watch needs a prompt"))
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise ValueError(f"watch needs a string prompt, got {type(prompt).__name__}")
+            stream = registry.get(sid)
+        except (ValueError, TypeError) as exc:
+            return fail(exc)
 
         async def events():
             target = stream.encoder.num_windows + every
