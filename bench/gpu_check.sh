@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The checks only a GPU can do, as one prepared run (each step time-boxed: under 8 minutes in all on an
-# H100/H200): the static compile check, bf16 kernel correctness and the CUDA prefetch path, the kernel
-# benchmark against SDPA / FlexAttention / cuBLAS, the full-size random Qwen2-7B + CLIP-L/336 end to end at
-# 256, 1024 and 2048 frames (ratio 16, bf16, triton: peak memory, frames/s) and decode tokens/s after 2048
-# frames. Results, with hardware, versions and commit, go to bench/results/
-# (and to $OUT when set, for a remote run). Usage: bash bench/gpu_check.sh [--full]  (--full: every kernel shape)
+# H100/H200): the static compile check, bf16 kernel correctness, the CUDA prefetch path and a step path that
+# never syncs (torch.cuda.set_sync_debug_mode("error")), the kernel benchmark against SDPA / FlexAttention /
+# cuBLAS, the full-size random Qwen2-7B + CLIP-L/336 end to end at 256, 1024 and 2048 frames (ratio 16, bf16,
+# triton: peak memory, frames/s) and decode tokens/s after 2048 frames. Results, with hardware, versions and
+# commit, go to bench/results/ (and to $OUT when set, for a remote run).
+# Usage: bash bench/gpu_check.sh [--full]  (--full: every kernel shape)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/results}"
@@ -13,9 +14,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu_check_env.txt"
 quick="--quick"; [[ "${1:-}" == "--full" ]] && quick=""
 # Registers, spills and shared memory of every kernel configuration (ptxas; no GPU needed, about 20 s on 16 cores).
-timeout 60 env -u TRITON_INTERPRET python -m bench.kernels_static --out "$out/kernels_static.json" 2>&1 | tail -3 \
+timeout 40 env -u TRITON_INTERPRET python -m bench.kernels_static --out "$out/kernels_static.json" 2>&1 | tail -3 \
     | tee "$out/gpu_check_static.txt"
-timeout 100 python -m pytest -q tests/kernels tests/engine/test_visual.py -k "bf16 or cuda" 2>&1 | tail -15 | tee "$out/gpu_check_tests.txt"
+# kernel correctness in bf16, the CUDA prefetch path, and a step path with no host-device sync
+timeout 130 python -m pytest -q tests/kernels tests/engine/test_visual.py tests/engine/test_cuda_sync.py -k "bf16 or cuda" 2>&1 | tail -15 | tee "$out/gpu_check_tests.txt"
 timeout 100 python -m bench.bench_kernels $quick 2>&1 | tail -40 | tee "$out/gpu_check_kernels.txt"
 timeout 140 python -m bench.e2e --model full-random --frames 256 1024 2048 --ratios 16 --dtype bfloat16 \
     --attention-backend triton --repeats 1 --name e2e_full_random_gpu 2>&1 | tail -40 | tee "$out/gpu_check_e2e.txt"

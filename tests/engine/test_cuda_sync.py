@@ -1,0 +1,45 @@
+"""On a GPU: the step path (preparation, the host-to-device copy, the forward and the logits) never waits
+for the device. Every `ModelRunner.run` of a generate call (video windows, prefill and decode steps) runs
+under `torch.cuda.set_sync_debug_mode("error")`, which raises at any synchronising call; a raise would fail
+the step's requests, so every answer must come back whole and equal to the same call without the mode.
+Sampling reads the chosen tokens back once per step, after `run`, by design. Runs where CUDA is present
+(`bench/gpu_check.sh` selects it by the "cuda" in its name)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vxl import LLM, SamplingParams
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def requests():
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (23, 40, 56, 3), dtype=np.uint8)
+    return [{"prompt": "What is happening?", "video": video, "num_frames": 23, "compression_ratio": 4},
+            {"prompt": "Describe the scene in detail.", "video": video[:11], "num_frames": 11, "compression_ratio": 3},
+            {"prompt": "Hello there, how are you?"}]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_cuda_step_path_never_syncs(backend, monkeypatch):
+    llm = LLM("tiny", device="cuda", dtype="bfloat16", attention_backend=backend)
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    want = llm.generate(requests(), params, use_tqdm=False)
+    run, calls = llm.runner.run, []
+
+    def strict_run(chunks):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return run(chunks)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            calls.append(len(chunks))
+    monkeypatch.setattr(llm.runner, "run", strict_run)
+    got = llm.generate(requests(), params, use_tqdm=False)
+    assert [o.error for o in got] == [None] * 3
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    assert len(calls) >= 12
