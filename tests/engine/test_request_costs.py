@@ -36,9 +36,9 @@ def load_calls(monkeypatch):
     calls = []
     load_all = image_mod._load_all
 
-    def counting(images, first_idx=0):
+    def counting(images, first_idx=0, max_pixels=None):
         calls.append(len(images))
-        return load_all(images, first_idx)
+        return load_all(images, first_idx, max_pixels)
     monkeypatch.setattr(image_mod, "_load_all", counting)
     return calls
 
