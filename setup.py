@@ -30,6 +30,11 @@ setup(
                  "openai>=1.30", "ray[data]>=2.40,<3", "schemathesis>=4.30,<5"],
         "ray": ["ray[data]>=2.40,<3"],
         "bench": ["matplotlib>=3.6", "pytest-benchmark>=4"],
+        # `lmms-eval --model vxl`: lmms-eval's large dependency set stays out of the core (CI tests the plugin in
+        # a venv of its own: .ci/eval_env); lmms-eval 0.7.3's evaluator imports filelock._api, gone in 4.3
+        "eval": ["lmms-eval>=0.7.3,<0.8", "filelock<4.3"],
     },
-    entry_points={"console_scripts": ["vxl=vxl.cli:main"]},
+    entry_points={"console_scripts": ["vxl=vxl.cli:main"],
+                  # `lmms-eval --model vxl`: lmms-eval >= 0.7 loads model manifests from this group
+                  "lmms_eval.models": ["vxl=vxl.integrations.lmms_eval:MANIFEST"]},
 )

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ("README.md", "bench/README.md", "demo_model/README.md", "docs/serving.md")
+DOCS = ("README.md", "bench/README.md", "demo_model/README.md", "docs/serving.md", "docs/lmms_eval.md",
+        "docs/architecture.md")
 
 
 def lint_imports(root: str) -> subprocess.CompletedProcess:

@@ -264,3 +264,23 @@ def test_max_kept_frames_bounds_the_pages_and_keeps_positions(demo, monkeypatch)
     bounded.close()
     full.close()
     assert_pool_empty(demo)
+
+
+def test_stream_questions_get_the_engine_checks_of_sampling_params():
+    """The caps and vocabulary checks of SamplingParams apply to a question over a stream as to any request."""
+    llm = LLM("tiny", device="cpu", dtype="float32", attention_backend="torch", max_logprobs=2)
+    stream = llm.open_stream(compression_ratio=4)
+    try:
+        stream.append(np.zeros((3, 32, 32, 3), dtype=np.uint8))
+        ask = {"prompt": "q", "video_stream": stream}
+        outs = llm.generate([ask] * 4, [SamplingParams(max_tokens=2, logprobs=3),
+                                        SamplingParams(max_tokens=2, prompt_logprobs=3),
+                                        SamplingParams(max_tokens=2, stop_token_ids=[10**6]),
+                                        SamplingParams(max_tokens=2, logprobs=2)], use_tqdm=False)
+        assert "logprobs must be at most 2" in outs[0].error
+        assert "prompt_logprobs must be at most 2" in outs[1].error
+        assert "stop_token_ids" in outs[2].error
+        assert outs[3].error is None and len(outs[3].token_ids) == 2
+    finally:
+        stream.close()
+    assert_pool_empty(llm)

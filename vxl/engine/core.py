@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from vxl.config import IMAGE_TOKEN_INDEX
-from vxl.engine.inputs import InputContext, RequestError, check_token_ids, prepare_request, prompt_ids_from_text
+from vxl.engine.inputs import (InputContext, RequestError, check_params, check_token_ids, prepare_request,
+                              prompt_ids_from_text)
 from vxl.engine.kv_cache import KVCache
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
@@ -112,6 +113,7 @@ class EngineCore:
         llm = self.llm
         if not isinstance(params, SamplingParams):
             raise RequestError(f"sampling params must be a vxl.SamplingParams, not {type(params).__name__}")
+        check_params(params, llm.config.vocab_size, llm.engine_config.max_logprobs)    # stream questions too
         if request.video_stream is not None:
             return self._stream_question(index, request, params, default_id)
         prep = prepare_request(self.input_context(), request, params)
@@ -242,15 +244,19 @@ class EngineCore:
             seq = chunk.seq
             stage = STAGE_OF_KIND[chunk.kind]
             seq.seconds[stage] = seq.seconds.get(stage, 0.0) + elapsed
-            if not chunk.sample:
+            num_rows = chunk.num_slots if chunk.prompt_idx is not None else int(chunk.sample)
+            if not num_rows:
                 continue
+            rows, row = logits[row:row + num_rows], row + num_rows      # this chunk's logit rows
             try:
-                token, lp = sample_token(logits[row], seq.params, seq.generator)
-                seq.append_token(token, lp, self.llm.loaded.eos_token_ids)
-                result.new_tokens.setdefault(seq.request_id, []).append(token)
+                if chunk.prompt_idx is not None:
+                    seq.record_prompt_logprobs(chunk, rows)
+                if chunk.sample:
+                    token, lp = sample_token(rows[-1], seq.params, seq.generator)
+                    seq.append_token(token, lp, self.llm.loaded.eos_token_ids)
+                    result.new_tokens.setdefault(seq.request_id, []).append(token)
             except Exception as exc:
                 seq.fail(f"{type(exc).__name__} while sampling: {exc}", "server_error")
-            row += 1
 
     def _memory_of(self, seq: Sequence) -> VideoMemory:
         """The VideoMemory of a finished encode job: its table (prefix + VSTs) changes owner."""
@@ -296,4 +302,4 @@ class EngineCore:
                    "peak_kv_bytes": len(seq.table.pages) * page_bytes, **rates,
                    "video_decoder": getattr(getattr(visual, "source", None), "decoder", None), "seconds": seconds}
         return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason,
-                             seq.error, metrics, seq.error_type)
+                             seq.error, metrics, seq.error_type, seq.prompt_logprobs)

@@ -145,14 +145,15 @@ def check_token_ids(ids, vocab_size: int, name: str = "prompt_token_ids") -> lis
 
 
 def check_params(params: SamplingParams, vocab_size: int, max_logprobs: int | None) -> None:
-    """What SamplingParams cannot check alone: stop ids against the model's vocabulary, logprobs against
-    the engine's cap (`EngineConfig.max_logprobs`)."""
+    """What SamplingParams cannot check alone: stop ids against the model's vocabulary, logprobs and
+    prompt_logprobs against the engine's cap (`EngineConfig.max_logprobs`)."""
     bad = [t for t in params.stop_token_ids or () if not 0 <= t < vocab_size]
     if bad:
         raise RequestError(f"stop_token_ids has ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
-    if max_logprobs is not None and params.logprobs is not None and params.logprobs > max_logprobs:
-        raise RequestError(f"logprobs must be at most {max_logprobs} on this engine (max_logprobs), "
-                           f"got {params.logprobs}")
+    for name in ("logprobs", "prompt_logprobs"):
+        k = getattr(params, name)
+        if max_logprobs is not None and k is not None and k > max_logprobs:
+            raise RequestError(f"{name} must be at most {max_logprobs} on this engine (max_logprobs), got {k}")
 
 
 def check_vst_count(num_visual: int, window: int, ratio: int) -> None:

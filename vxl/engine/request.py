@@ -47,9 +47,15 @@ class RequestOutput:
     metrics: dict = field(default_factory=dict)
     # with an error: "bad_request" (the request itself is at fault) or "server_error" (a fault while it ran)
     error_type: str | None = None
+    # SamplingParams.prompt_logprobs: one entry per prompt token id (the placeholder counts as one), None
+    # where the engine computed no logits for the token before it
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         if d["logprobs"] is not None:
             d["logprobs"] = [{str(k): v for k, v in lp.items()} for lp in d["logprobs"]]
+        if d["prompt_logprobs"] is not None:
+            d["prompt_logprobs"] = [None if lp is None else {str(k): v for k, v in lp.items()}
+                                    for lp in d["prompt_logprobs"]]
         return d

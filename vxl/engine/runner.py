@@ -2,8 +2,8 @@
 (`vxl.engine.kv_cache.KVCache`, whose pages the model's layers read and append to).
 
 A step's metadata (positions, slot mapping, block tables, boundaries) and its token ids are built on the
-host from the chunks' Python lists with numpy and reach the device in one copy; nothing in the step path
-reads a device tensor back to the host.
+host from the chunks' Python lists with numpy and reach the device in one copy (`vxl.engine.staging`:
+persistent pinned buffers on CUDA); nothing in the step path reads a device tensor back to the host.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 from vxl.engine.kv_cache import KVCache
 from vxl.engine.sequence import Chunk
+from vxl.engine.staging import StepStaging
 from vxl.model.qwen2 import StepInfo
 
 
@@ -21,6 +22,7 @@ class ModelRunner:
     def __init__(self, model, ops, kv_cache: KVCache):
         self.model, self.ops, self.kv_cache = model, ops, kv_cache
         self.device = kv_cache.device
+        self.staging = StepStaging(self.device)         # the step's metadata: one copy (pinned buffers on CUDA)
 
     def embed(self, chunks: list[Chunk], token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(S, H) source rows of the step in chunk order: token embeddings of text/decode chunks, the raw
@@ -47,11 +49,12 @@ class ModelRunner:
         return self.prepare(chunks)[0]
 
     def prepare(self, chunks: list[Chunk]) -> tuple[StepInfo, torch.Tensor, torch.Tensor]:
-        """(StepInfo, token ids [text/decode tokens of the step, in chunk order], sample rows [the last slot
-        of each chunk that samples]), all built on the host and copied to the device at once. Reserves the
-        pages the chunks' kept rows need."""
+        """(StepInfo, token ids [text/decode tokens of the step, in chunk order], logit rows [in chunk order:
+        every slot of a scored chunk (`prompt_idx` set), the last slot of any other chunk that samples]),
+        all built on the host and copied to the device at once. Reserves the pages the chunks' kept rows
+        need."""
         ps = self.kv_cache.page_size
-        lens, kept, num_inputs, tables, ids, sample_rows, is_vst, row = [], [], [], [], [], [], [], 0
+        lens, kept, num_inputs, tables, ids, logit_rows, is_vst, row = [], [], [], [], [], [], [], 0
         for c in chunks:
             kept_len, table, n = c.seq.kept_len, c.seq.table, c.num_slots
             table.reserve(kept_len + c.num_kept)
@@ -59,8 +62,10 @@ class ModelRunner:
             kept.append(kept_len)
             tables.append(table.pages)
             row += n
-            if c.sample:
-                sample_rows.append(row - 1)
+            if c.prompt_idx is not None:
+                logit_rows.extend(range(row - n, row))
+            elif c.sample:
+                logit_rows.append(row - 1)
             if c.token_ids is not None:
                 ids += c.token_ids
                 num_inputs.append(n)
@@ -80,14 +85,14 @@ class ModelRunner:
         positions, safe = positions + dropped, safe + dropped
         cu_src = np.concatenate([[0], np.cumsum(num_inputs)])
         small = [cu, cu_src, [c.ratio for c in chunks], [c.rem for c in chunks], kept_np, block_tables.ravel()]
-        dev = _to_device([positions, safe, slots, ids, sample_rows], small, is_vst, self.device)
-        (positions, kept_positions, slot_mapping, token_ids, sample_idx), small_dev, is_vst_dev = dev
+        dev = self.staging.to_device([positions, safe, slots, ids, logit_rows], small, is_vst)
+        (positions, kept_positions, slot_mapping, token_ids, logit_idx), small_dev, is_vst_dev = dev
         cu_t, cu_src_t, ratios, rems, kept_lens, tables_t = small_dev
         step = StepInfo(positions=positions, is_vst=is_vst_dev, kept_positions=kept_positions,
                         slot_mapping=slot_mapping, cu_seqlens=cu_t, block_tables=tables_t.view(block_tables.shape),
                         cu_src=cu_src_t, ratios=ratios, rems=rems, kept_lens=kept_lens,
                         is_decode=all(c.kind == "decode" for c in chunks), has_vst=bool(is_vst.any()))
-        return step, token_ids, sample_idx
+        return step, token_ids, logit_idx
 
     def forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo]:
         """Hidden states (T, H) of every slot of the step; appends the kept rows' K/V to their pages and
@@ -95,21 +100,22 @@ class ModelRunner:
         return self._forward(chunks)[:2]
 
     def _forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo, torch.Tensor]:
-        step, token_ids, sample_idx = self.prepare(chunks)
+        step, token_ids, logit_idx = self.prepare(chunks)
         embeds = self.embed(chunks, token_ids)                                      # (S, H) source rows
         hidden = self.model(embeds, step, self.kv_cache.layers, self.ops)           # (T, H) slots
         for c in chunks:
             c.seq.table.num_tokens += c.num_kept
-        return hidden, step, sample_idx
+        return hidden, step, logit_idx
 
     @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor | None:
-        """One forward over the packed chunks; returns float32 logits [num sampling chunks, V] in
-        chunk order, or None when no chunk samples. Advances each sequence's kept length."""
-        hidden, _, sample_idx = self._forward(chunks)
-        if not sample_idx.numel():
+        """One forward over the packed chunks; returns float32 logits [logit rows, V] in chunk order (one
+        row per sampling chunk, every row of a scored chunk: `prepare`), or None when no chunk needs
+        logits. Advances each sequence's kept length."""
+        hidden, _, logit_idx = self._forward(chunks)
+        if not logit_idx.numel():
             return None
-        return self.model.compute_logits(hidden[sample_idx])
+        return self.model.compute_logits(hidden[logit_idx])
 
 
 def _host_is_vst(chunk: Chunk) -> np.ndarray:
@@ -152,21 +158,3 @@ def _row_indices(cu, lens, kept, is_vst, is_window) -> tuple[np.ndarray, np.ndar
     window_row = np.repeat(np.array(is_window), lens)
     kept_idx = np.where(window_row, np.where(is_vst, np.repeat(kept, lens) + vst_rank, -1), positions)
     return positions, kept_idx
-
-
-def _to_device(longs: list, ints: list, flags: np.ndarray, device: torch.device):
-    """The step's int64 arrays, int32 arrays and bool flags in one host buffer, one copy to `device`
-    (pinned and asynchronous on CUDA), then split into typed views, each starting 16-byte aligned (as
-    Triton's pointer specialisation likes). -> (longs, ints, flags) as tensors."""
-    arrays = ([(np.asarray(a, dtype=np.int64), torch.int64) for a in longs]
-              + [(np.asarray(a, dtype=np.int32), torch.int32) for a in ints] + [(flags, torch.bool)])
-    parts, offsets, start = [], [], 0
-    for a, _ in arrays:
-        pad = -a.nbytes % 16
-        parts += [a.view(np.uint8), np.zeros(pad, dtype=np.uint8)]
-        offsets.append(start)
-        start += a.nbytes + pad
-    host = torch.from_numpy(np.concatenate(parts))
-    buf = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
-    out = [buf[o:o + a.nbytes].view(dtype) for o, (a, dtype) in zip(offsets, arrays)]
-    return out[:len(longs)], out[len(longs):-1], out[-1]

@@ -56,7 +56,12 @@ class SamplingParams:
     """temperature 0 (or below MIN_TEMPERATURE = 1e-5) = greedy. Without a `seed`, request i of a `generate`
     call samples with seed `LLM(seed=...) + i`, so runs are reproducible; a seed is an int in [-2**63, 2**64).
     `logprobs` = k: per generated token, the log-softmax of the model's logits for the top k tokens and the
-    chosen one (an engine may cap k: `EngineConfig.max_logprobs`, MAX_LOGPROBS = 20 for untrusted callers). Every value is checked here; a bad one raises ValueError naming it."""
+    chosen one (an engine may cap k: `EngineConfig.max_logprobs`, MAX_LOGPROBS = 20 for untrusted callers).
+    `prompt_logprobs` = k: the same per prompt token, from the logits of the token before it (vLLM's
+    scoring: the summed logprobs of a continuation given as the prompt's last tokens, and whether each was
+    the top token); None for the first token, the video placeholder, the token after it, and the tokens
+    already held by a video memory or stream. Each prompt chunk then computes float32 logits for all its
+    rows. Every value is checked here; a bad one raises ValueError naming it."""
     max_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
@@ -65,6 +70,7 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self):
         self.max_tokens = _int_at_least("max_tokens", self.max_tokens, 1)
@@ -81,6 +87,8 @@ class SamplingParams:
             self.seed = int(self.seed)
         if self.logprobs is not None:
             self.logprobs = _int_at_least("logprobs", self.logprobs, 0)
+        if self.prompt_logprobs is not None:
+            self.prompt_logprobs = _int_at_least("prompt_logprobs", self.prompt_logprobs, 0)
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
         self.stop_token_ids = check_stop_token_ids(self.stop_token_ids)
@@ -121,3 +129,21 @@ def sample_token(logits: torch.Tensor, params: SamplingParams,
         logprobs = {int(i): float(v) for i, v in zip(top.indices, top.values)}
         logprobs[token] = float(lp[token])
     return token, logprobs
+
+
+def prompt_token_logprobs(logits: torch.Tensor, next_ids: list[int], k: int) -> list[dict[int, float]]:
+    """logits [n, V] float32 of n prompt rows, next_ids [n] the token each row is followed by -> per row
+    the log-softmax of its top k tokens and of its next token, as {token id: logprob}."""
+    lp = torch.log_softmax(logits, dim=-1)                                             # (n, V)
+    ids = torch.tensor(next_ids, dtype=torch.long, device=lp.device)
+    chosen = lp.gather(1, ids[:, None])[:, 0].tolist()                                 # (n,)
+    top_ids, top_lp = [[]] * len(next_ids), [[]] * len(next_ids)
+    if k > 0:
+        top = torch.topk(lp, min(k, lp.shape[-1]), dim=-1)                             # (n, k)
+        top_ids, top_lp = top.indices.tolist(), top.values.tolist()
+    out = []
+    for token, token_lp, row_ids, row_lp in zip(next_ids, chosen, top_ids, top_lp):
+        entry = dict(zip(row_ids, row_lp))
+        entry[token] = token_lp
+        out.append(entry)
+    return out

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 
 from vxl.engine.kv_cache import BlockTable
-from vxl.engine.sampler import SamplingParams
+from vxl.engine.sampler import SamplingParams, prompt_token_logprobs
 from vxl.engine.vst import interleave, window_lengths
 
 
@@ -33,6 +33,8 @@ class Chunk:
     is_vst: torch.Tensor | None = None      # window: (num_slots,) bool
     ratio: int = 0                  # a window's compression ratio (0: no VSTs)
     rem: int = 0                    # the remainder carried into the window
+    prompt_idx: int | None = None   # text: the prompt index of its first token when the logits of all its
+                                    # rows are wanted (prompt_logprobs)
 
     @property
     def num_inputs(self) -> int:
@@ -56,6 +58,9 @@ class Sequence:
         self.window, self.text_chunk, self.generator = window, text_chunk, generator
         self.output_ids: list[int] = []
         self.output_logprobs: list[dict] | None = [] if params.logprobs is not None else None
+        self.prompt_logprobs: list[dict | None] | None = None
+        if params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None] * len(prompt_ids)
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.memory = memory              # a VideoMemory holding the prefix + VSTs already: prefill the suffix only
@@ -82,11 +87,14 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.finish_reason is not None
 
-    def _text_chunks(self, ids: list[int], sample_last: bool) -> Iterator[Chunk]:
-        for start in range(0, len(ids), self.text_chunk):
-            piece = ids[start:start + self.text_chunk]
-            last = start + self.text_chunk >= len(ids)
-            yield Chunk(self, "text", len(piece), sample_last and last, token_ids=piece)
+    def _text_chunks(self, begin: int, end: int, sample_last: bool) -> Iterator[Chunk]:
+        """Chunks of the prompt tokens [begin, end)."""
+        is_scored = self.prompt_logprobs is not None
+        for start in range(begin, end, self.text_chunk):
+            piece = self.prompt_ids[start:min(start + self.text_chunk, end)]
+            last = start + self.text_chunk >= end
+            yield Chunk(self, "text", len(piece), sample_last and last, token_ids=piece,
+                        prompt_idx=start if is_scored else None)
 
     def _window_chunks(self, rem: int = 0) -> Iterator[Chunk]:
         for length in window_lengths(self.visual.num_tokens, self.window):
@@ -99,21 +107,22 @@ class Sequence:
             rem = next_rem
 
     def _prefill_chunks(self) -> Iterator[Chunk]:
+        end = len(self.prompt_ids)
         if self.resume is not None:
             yield from self._window_chunks(self.resume[0])
             self.visual.close()
-            yield from self._text_chunks(self.prompt_ids[self.placeholder_idx + 1:], True)
+            yield from self._text_chunks(self.placeholder_idx + 1, end, True)
             return
         if self.memory is not None:
-            yield from self._text_chunks(self.prompt_ids[self.placeholder_idx + 1:], True)
+            yield from self._text_chunks(self.placeholder_idx + 1, end, True)
             return
         if self.placeholder_idx is None:
-            yield from self._text_chunks(self.prompt_ids, True)
+            yield from self._text_chunks(0, end, True)
             return
-        yield from self._text_chunks(self.prompt_ids[:self.placeholder_idx], False)
+        yield from self._text_chunks(0, self.placeholder_idx, False)
         yield from self._window_chunks()
         self.visual.close()
-        yield from self._text_chunks(self.prompt_ids[self.placeholder_idx + 1:], True)
+        yield from self._text_chunks(self.placeholder_idx + 1, end, True)
 
     def next_chunk(self) -> Chunk | None:
         """The next prefill chunk, or the decode chunk of the last sampled token; None once an encode job
@@ -143,6 +152,18 @@ class Sequence:
             self.finish_reason = "stop"
         elif len(self.output_ids) >= self.params.max_tokens:
             self.finish_reason = "length"
+
+    def record_prompt_logprobs(self, chunk: Chunk, logits: torch.Tensor) -> None:
+        """Prompt logprobs from a scored chunk's logits [its rows, V]. The row of prompt token i scores token
+        i + 1 when that is text of the same run: not the placeholder after the prefix's last row, and not
+        the first generated token after the prompt's last row (sampled as usual)."""
+        first = chunk.prompt_idx + 1
+        before_video = self.placeholder_idx is not None and first <= self.placeholder_idx
+        end = self.placeholder_idx if before_video else len(self.prompt_ids)
+        targets = self.prompt_ids[first:end][:chunk.num_slots]
+        if targets:
+            self.prompt_logprobs[first:first + len(targets)] = prompt_token_logprobs(
+                logits[:len(targets)], targets, self.params.prompt_logprobs)
 
     def fail(self, message: str, error_type: str = "bad_request") -> None:
         self.finish_reason, self.error, self.error_type = "error", message, error_type

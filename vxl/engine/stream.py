@@ -50,7 +50,7 @@ class StreamEncoder(Sequence):
         super().__init__(index, stream.stream_id, stream.prefix_ids + [IMAGE_TOKEN_INDEX], len(stream.prefix_ids),
                          None, stream.ratio, SamplingParams(max_tokens=1), table, window, text_chunk, None)
         self.stream = stream
-        self._prefix = self._text_chunks(stream.prefix_ids, False)
+        self._prefix = self._text_chunks(0, len(stream.prefix_ids), False)
         self.rem = 0
         self.num_windows = 0                        # windows handed to the engine (encoded once their step ran)
 

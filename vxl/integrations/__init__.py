@@ -1,1 +1,2 @@
-"""Adapters to other systems (Ray Data). Each imports its system lazily: vxl imports without them."""
+"""Adapters to other systems: Ray Data (`ray`, imported lazily), lmms-eval (`lmms_eval`, loaded by lmms-eval
+through its plugin entry point). vxl imports without them."""
