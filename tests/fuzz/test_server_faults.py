@@ -82,20 +82,21 @@ def test_a_failing_step_fails_only_its_requests(llm, solos, failing_calls, fault
     assert [o.token_ids for o in again] == [solos["r0"], solos["r1"]]
 
 
-# -- the server: `vxl serve demo` whose ModelRunner.run raises on every Nth call, for the first K faults ---
-WRAPPER = '''import sys, torch
+# -- the server: `vxl serve demo` whose ModelRunner.run raises on every Nth call, for the first K faults, --
+# -- while the file `armed` exists (the test removes it to end the faults whatever number were spent) -----
+WRAPPER = '''import os, sys, torch
 import vxl.engine.runner as runner
 from vxl.cli import main
-every, budget = int(sys.argv[1]), int(sys.argv[2])
+every, budget, armed = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 real_run, state = runner.ModelRunner.run, {"calls": 0, "faults": 0}
 def run(self, chunks):
     state["calls"] += 1
-    if state["calls"] % every == 0 and state["faults"] < budget:
+    if state["calls"] % every == 0 and state["faults"] < budget and os.path.exists(armed):
         state["faults"] += 1
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated fault %d)" % state["faults"])
     return real_run(self, chunks)
 runner.ModelRunner.run = run
-sys.exit(main(["serve", *sys.argv[3:]]))
+sys.exit(main(["serve", *sys.argv[4:]]))
 '''
 NUM_FRAMES, RATIO, QUESTIONS = 8, 4, ["Which colour appeared first?", "How many objects appeared?"]
 
@@ -110,9 +111,11 @@ class FaultyServer:
     def __init__(self, tmp_path, media_dir, every: int, budget: int):
         script = tmp_path / "faulty_serve.py"
         script.write_text(WRAPPER)
+        self.armed = tmp_path / "faults_armed"
+        self.armed.touch()
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, str(script), str(every), str(budget), "demo", "--port",
+        self.proc = subprocess.Popen([sys.executable, str(script), str(every), str(budget), str(self.armed), "demo", "--port",
                                       str(self.port), "--device", "cpu", "--allowed-local-media-path", str(media_dir),
                                       "--max-frames", "32"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 180          # a hang guard, not a time limit under test
@@ -187,8 +190,9 @@ def test_server_step_faults_under_concurrent_load(tmp_path, videos):
             else:
                 assert body["choices"][0]["message"]["content"] == want[job]
         assert server.metric("vxl_step_faults") >= 1
-        status, body = server.post("/v1/chat/completions", chat_body(*jobs[0]))      # faults spent: served
-        assert status == 200 and body["choices"][0]["message"]["content"] == want[jobs[0]]
+        server.armed.unlink()           # no more faults: the same engine serves the next request exactly
+        status, body = server.post("/v1/chat/completions", chat_body(*jobs[0]))
+        assert status == 200 and body["choices"][0]["message"]["content"] == want[jobs[0]], (status, body)
         deadline = time.monotonic() + 120         # a hang guard
         while server.metric("vxl_requests_running") + server.metric("vxl_requests_waiting") > 0:
             assert time.monotonic() < deadline
