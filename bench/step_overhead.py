@@ -4,6 +4,11 @@ default), measured twice: (a) the whole step, model included; (b) the host part 
 step preparation `ModelRunner.build_step`, sampling, bookkeeping), the model's forward and logits replaced
 by a stub that returns zeros of the right shape. Writes one labelled run ("before", "after", ...) into a
 JSON file that keeps the other labels, each with hardware, versions and commit.
+
+On a GPU (`--device cuda`, any model, e.g. `--model full-random --dtype bfloat16 --attention-backend
+triton`), `--cuda-graphs` replays decode steps as CUDA graphs (`vxl.engine.cuda_graphs`); running it with
+and without the flag under two labels gives the graphs' effect on whole decode steps (each step ends with
+the sampled tokens read back, so its time includes the GPU's).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 import vxl
 from bench.common import RESULTS_DIR, env_info, header_line, log, write_json
 from vxl import LLM, SamplingParams
+from vxl.engine.llm import resolve_dtype
 
 QUESTION = "What happens?"
 
@@ -50,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="measured steps per case (the median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured decode steps first")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--model", default="tiny", help="a built-in model name or checkpoint (loaded once)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--attention-backend", default="torch", choices=["torch", "triton"])
+    p.add_argument("--kv-cache-bytes", type=int, default=1 << 30, help="KV cache of each engine built")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only)")
     p.add_argument("--label", default="run", help="name of this run in the JSON (e.g. before, after)")
     p.add_argument("--commit", default=None,
                    help="commit string to record instead of the checkout's, when the vxl measured is another tree "
@@ -60,8 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def new_llm(stub: bool):
-    llm = LLM("tiny", device="cpu", attention_backend="torch")
+_LOADED = {}
+
+
+def new_llm(args, stub: bool):
+    """A fresh engine (empty KV cache and graphs) on the model loaded by the first call."""
+    kwargs = dict(device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
+                  kv_cache_bytes=args.kv_cache_bytes, cuda_graphs=args.cuda_graphs)
+    key = (args.model, args.device, args.dtype)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = LLM(args.model, **kwargs).loaded
+    llm = LLM(_LOADED[key], **kwargs)
     if stub:
         llm.runner.model = StubModel(llm.runner.model)
     return llm
@@ -89,7 +111,7 @@ def timed_steps(llm, keep, num_steps: int) -> dict:
 
 
 def decode_case(num_seqs: int, args, stub: bool) -> dict:
-    llm = new_llm(stub)
+    llm = new_llm(args, stub)
     params = SamplingParams(max_tokens=args.warmup + args.steps + 64, ignore_eos=True)
     for i in range(num_seqs):
         llm.add_request({"prompt": f"{QUESTION} {i}"}, params)
@@ -103,7 +125,7 @@ def decode_case(num_seqs: int, args, stub: bool) -> dict:
 
 def window_case(args, stub: bool) -> dict:
     """Steps made of one visual window per sequence (160 raw rows + their VSTs each)."""
-    llm = new_llm(stub)
+    llm = new_llm(args, stub)
     window, hidden = llm.config.beacon_window, llm.config.hidden_size
     num_windows = args.warmup + min(args.steps, 10) + 1
     gen = torch.Generator().manual_seed(0)
@@ -144,7 +166,8 @@ def run(args) -> dict:
     if args.commit is not None:
         env["commit"], env["checkout_commit"] = args.commit, env["commit"]
     return {"env": env, "note": args.note, "vxl_source": os.path.dirname(vxl.__file__),
-            "model": "tiny", "backend": "torch", "steps": args.steps, "warmup": args.warmup,
+            "model": args.model, "device": args.device, "dtype": str(resolve_dtype(args.dtype, torch.device(args.device))),
+            "backend": args.attention_backend, "cuda_graphs": args.cuda_graphs, "steps": args.steps, "warmup": args.warmup,
             "cases": cases}
 
 

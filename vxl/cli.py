@@ -106,6 +106,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
     p.add_argument("--decode-workers", type=_positive_int, default=1, help="parallel decord readers per video file")
     p.add_argument("--keyframe-snap", action="store_true", help="sample the nearest keyframes (faster decoding)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; vxl.engine.cuda_graphs)")
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -157,7 +158,7 @@ def _run(args, reqs: list[dict]) -> int:
     from vxl import LLM, SamplingParams
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
-              video_decode_workers=args.decode_workers, keyframe_snap=args.keyframe_snap)
+              video_decode_workers=args.decode_workers, keyframe_snap=args.keyframe_snap, cuda_graphs=args.cuda_graphs)
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
     # bars on stderr: requests (several), windows (a long video, even alone); --no-progress hides both
@@ -182,7 +183,8 @@ def _run(args, reqs: list[dict]) -> int:
 def _demo(args) -> int:
     from vxl import LLM
     from vxl.demo import describe_demo, run_demo
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
+              cuda_graphs=args.cuda_graphs)
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
     result = run_demo(llm, seed=args.video_seed, num_frames=args.num_frames or 512,

@@ -160,6 +160,7 @@ class EngineConfig:
     max_prompt_tokens: int | None = None  # text tokens of one prompt
     max_image_pixels: int | None = 1 << 27  # width x height of one image, read from a file's header before
                                           # it is decoded (134M pixels: 400 MB as uint8 RGB)
+    cuda_graphs: bool = False             # decode steps replay CUDA graphs (vxl.engine.cuda_graphs; CUDA only)
 
     def validate(self) -> None:
         if self.attention_backend not in ("torch", "triton"):
@@ -168,6 +169,11 @@ class EngineConfig:
             # without the interpreter Triton finds no driver on a CPU-only machine and fails at the first kernel
             raise ValueError("attention_backend='triton' on the CPU runs through Triton's interpreter: set "
                              "TRITON_INTERPRET=1 before triton is imported, or use attention_backend='torch'")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, not {self.device!r}")
+        if self.cuda_graphs and self.attention_backend != "triton":
+            # the torch backend (the reference) selects rows with boolean indexing, which reads the device
+            raise ValueError("cuda_graphs=True needs attention_backend='triton'")
         if self.page_size <= 0:
             raise ValueError("page_size must be positive")
         if self.num_pages is not None and self.num_pages <= 0:

@@ -33,6 +33,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-bytes", type=_int_at_least(1), default=None)
     p.add_argument("--decode-workers", type=_int_at_least(1), default=1, help="parallel decord readers per video")
     p.add_argument("--keyframe-snap", action="store_true", help="sample the nearest keyframes (faster decoding)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; vxl.engine.cuda_graphs)")
     g = p.add_argument_group("request defaults (a line's own fields win)")
     g.add_argument("--num-frames", type=_int_at_least(1), default=None)
     g.add_argument("--compression-ratio", type=_int_at_least(1), default=None)
@@ -58,7 +59,8 @@ def engine_kwargs(args) -> dict:
     """LLM(**engine_kwargs(args)): the engine flags, as plain values an actor can receive."""
     return {"model": args.model, "device": args.device, "dtype": args.dtype,
             "attention_backend": args.attention_backend, "kv_cache_bytes": args.kv_cache_bytes,
-            "video_decode_workers": args.decode_workers, "keyframe_snap": args.keyframe_snap}
+            "video_decode_workers": args.decode_workers, "keyframe_snap": args.keyframe_snap,
+            "cuda_graphs": args.cuda_graphs}
 
 
 def job_defaults(args) -> JobDefaults:

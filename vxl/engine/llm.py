@@ -12,6 +12,7 @@ from vxl.engine.inputs import (check_ratio, check_token_ids, prompt_ids_from_tex
                                visual_from_images, visual_from_video)
 from vxl.engine.kv_cache import KVCache, OutOfPages
 from vxl.engine.request import Request, RequestOutput
+from vxl.engine.cuda_graphs import DecodeGraphs
 from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Sequence
@@ -57,7 +58,7 @@ class LLM:
                  max_batch_tokens: int = 8192, text_chunk_size: int | None = None, video_decode_workers: int = 1,
                  keyframe_snap: bool = False, seed: int = 0, max_logprobs: int | None = None,
                  max_frames: int | None = None, max_images: int | None = None, max_prompt_tokens: int | None = None,
-                 max_image_pixels: int | None = EngineConfig.max_image_pixels):
+                 max_image_pixels: int | None = EngineConfig.max_image_pixels, cuda_graphs: bool = False):
         if not isinstance(model, (str, LoadedModel)):
             raise TypeError(f"model must be a built-in name ({', '.join(builtin_model_names())}), a checkpoint "
                             f"directory or a LoadedModel, not {type(model).__name__}")
@@ -69,7 +70,8 @@ class LLM:
         self.engine_config = EngineConfig(str(self.device), str(self.dtype), backend, page_size, num_pages,
                                           kv_cache_bytes, max_batch_tokens, text_chunk_size, video_decode_workers,
                                           keyframe_snap, max_logprobs, max_frames=max_frames, max_images=max_images,
-                                          max_prompt_tokens=max_prompt_tokens, max_image_pixels=max_image_pixels)
+                                          max_prompt_tokens=max_prompt_tokens, max_image_pixels=max_image_pixels,
+                                          cuda_graphs=bool(cuda_graphs))
         self.engine_config.validate()
         self.ops = get_backend(backend)
         self.loaded = self._load(model, seed)
@@ -82,6 +84,8 @@ class LLM:
                                 self.dtype, self.device)
         self.block_manager = self.kv_cache.pool      # the page pool (its `check()` verifies the invariants)
         self.runner = ModelRunner(self.model, self.ops, self.kv_cache)
+        if cuda_graphs:
+            self.runner.graphs = DecodeGraphs(self.runner)
         self.seed = seed
         self.model_fingerprint = model_fingerprint(self.model, self.config)
         # NVTX ranges (no-ops without a profiler): decode-video, vision, windows, text-prefill, decode.

@@ -8,6 +8,7 @@ persistent pinned buffers on CUDA); nothing in the step path reads a device tens
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,11 +19,49 @@ from vxl.engine.staging import StepStaging
 from vxl.model.qwen2 import StepInfo
 
 
+@dataclass
+class HostStep:
+    """A step's metadata on the host (numpy), as `ModelRunner.upload` sends it: rows [T], chunks [B]."""
+    positions: np.ndarray           # [T] int64
+    kept_positions: np.ndarray      # [T] int64
+    slots: np.ndarray               # [T] int64, -1: not kept
+    token_ids: np.ndarray           # text/decode tokens, in chunk order
+    logit_rows: np.ndarray          # rows whose logits are computed
+    cu: np.ndarray                  # [B+1] chunk boundaries in rows
+    cu_src: np.ndarray              # [B+1] chunk boundaries in source rows
+    ratios: np.ndarray              # [B]
+    rems: np.ndarray                # [B]
+    kept: np.ndarray                # [B] kept entries before the step
+    block_tables: np.ndarray        # [B, max_pages], -1 past a table's pages
+    is_vst: np.ndarray              # [T] bool
+    is_decode: bool
+
+    def padded(self, num_rows: int, width: int) -> HostStep:
+        """This decode step padded to `num_rows` sequences and `width` block-table columns (a captured decode
+        graph's shape). A padding row is a one-token sequence with no kept entries that keeps nothing
+        (slot -1) and reads entry 0 of page 0, a valid page whose values are never used: its logits row is
+        dropped."""
+        real, pad = len(self.kept), num_rows - len(self.kept)
+        assert self.is_decode and pad >= 0 and width >= self.block_tables.shape[1]
+        tables = np.full((num_rows, width), -1, dtype=np.int64)
+        tables[:real, :self.block_tables.shape[1]] = self.block_tables
+        tables[real:, 0] = 0
+
+        def grow(a, fill):
+            return np.concatenate([a, np.full(pad, fill, dtype=a.dtype)])
+        bounds = np.arange(num_rows + 1)            # one row per sequence
+        return replace(self, positions=grow(self.positions, 0), kept_positions=grow(self.kept_positions, 0),
+                       slots=grow(self.slots, -1), token_ids=grow(self.token_ids, 0), logit_rows=np.arange(num_rows),
+                       cu=bounds, cu_src=bounds, ratios=grow(self.ratios, 0), rems=grow(self.rems, 0),
+                       kept=grow(self.kept, 0), block_tables=tables, is_vst=grow(self.is_vst, False))
+
+
 class ModelRunner:
     def __init__(self, model, ops, kv_cache: KVCache):
         self.model, self.ops, self.kv_cache = model, ops, kv_cache
         self.device = kv_cache.device
         self.staging = StepStaging(self.device)         # the step's metadata: one copy (pinned buffers on CUDA)
+        self.graphs = None                              # DecodeGraphs when decode steps replay CUDA graphs
 
     def embed(self, chunks: list[Chunk], token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(S, H) source rows of the step in chunk order: token embeddings of text/decode chunks, the raw
@@ -53,6 +92,10 @@ class ModelRunner:
         every slot of a scored chunk (`prompt_idx` set), the last slot of any other chunk that samples]),
         all built on the host and copied to the device at once. Reserves the pages the chunks' kept rows
         need."""
+        return self.upload(self.host_step(chunks))
+
+    def host_step(self, chunks: list[Chunk]) -> HostStep:
+        """The step's metadata as host arrays (`HostStep`); reserves the pages the chunks' kept rows need."""
         ps = self.kv_cache.page_size
         lens, kept, num_inputs, tables, ids, logit_rows, is_vst, row = [], [], [], [], [], [], [], 0
         for c in chunks:
@@ -83,15 +126,27 @@ class ModelRunner:
         # entries a table dropped (a bounded stream's oldest VSTs) keep counting in positions, not in slots
         dropped = np.repeat(np.array([c.seq.table.num_dropped for c in chunks], dtype=np.int64), lens_np)
         positions, safe = positions + dropped, safe + dropped
-        cu_src = np.concatenate([[0], np.cumsum(num_inputs)])
-        small = [cu, cu_src, [c.ratio for c in chunks], [c.rem for c in chunks], kept_np, block_tables.ravel()]
-        dev = self.staging.to_device([positions, safe, slots, ids, logit_rows], small, is_vst)
+        return HostStep(positions=positions, kept_positions=safe, slots=slots, token_ids=np.array(ids, dtype=np.int64),
+                        logit_rows=np.array(logit_rows, dtype=np.int64), cu=cu,
+                        cu_src=np.concatenate([[0], np.cumsum(num_inputs)]),
+                        ratios=np.array([c.ratio for c in chunks]), rems=np.array([c.rem for c in chunks]),
+                        kept=kept_np, block_tables=block_tables, is_vst=is_vst,
+                        is_decode=all(c.kind == "decode" for c in chunks))
+
+    def upload(self, host: HostStep, out: torch.Tensor | None = None
+               ) -> tuple[StepInfo, torch.Tensor, torch.Tensor]:
+        """(StepInfo, token ids, logit rows) of a host step on the device, in one copy; into the device
+        buffer `out` when given (a captured decode graph's inputs: the same arrays' shapes always give the
+        same views of it, `vxl.engine.staging`)."""
+        small = [host.cu, host.cu_src, host.ratios, host.rems, host.kept, host.block_tables.ravel()]
+        longs = [host.positions, host.kept_positions, host.slots, host.token_ids, host.logit_rows]
+        dev = self.staging.to_device(longs, small, host.is_vst, out=out)
         (positions, kept_positions, slot_mapping, token_ids, logit_idx), small_dev, is_vst_dev = dev
         cu_t, cu_src_t, ratios, rems, kept_lens, tables_t = small_dev
         step = StepInfo(positions=positions, is_vst=is_vst_dev, kept_positions=kept_positions,
-                        slot_mapping=slot_mapping, cu_seqlens=cu_t, block_tables=tables_t.view(block_tables.shape),
+                        slot_mapping=slot_mapping, cu_seqlens=cu_t, block_tables=tables_t.view(host.block_tables.shape),
                         cu_src=cu_src_t, ratios=ratios, rems=rems, kept_lens=kept_lens,
-                        is_decode=all(c.kind == "decode" for c in chunks), has_vst=bool(is_vst.any()))
+                        is_decode=host.is_decode, has_vst=bool(host.is_vst.any()))
         return step, token_ids, logit_idx
 
     def forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo]:
@@ -99,23 +154,36 @@ class ModelRunner:
         advances each sequence's kept length."""
         return self._forward(chunks)[:2]
 
-    def _forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo, torch.Tensor]:
-        step, token_ids, logit_idx = self.prepare(chunks)
+    def _forward(self, chunks: list[Chunk], host: HostStep | None = None
+                 ) -> tuple[torch.Tensor, StepInfo, torch.Tensor]:
+        step, token_ids, logit_idx = self.upload(host if host is not None else self.host_step(chunks))
         embeds = self.embed(chunks, token_ids)                                      # (S, H) source rows
         hidden = self.model(embeds, step, self.kv_cache.layers, self.ops)           # (T, H) slots
-        for c in chunks:
-            c.seq.table.num_tokens += c.num_kept
+        _advance(chunks)
         return hidden, step, logit_idx
 
     @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor | None:
         """One forward over the packed chunks; returns float32 logits [logit rows, V] in chunk order (one
         row per sampling chunk, every row of a scored chunk: `prepare`), or None when no chunk needs
-        logits. Advances each sequence's kept length."""
-        hidden, _, logit_idx = self._forward(chunks)
+        logits. Advances each sequence's kept length. A decode step replays its shape's CUDA graph when
+        `graphs` is set (`vxl.engine.cuda_graphs`; the same logits, read before the next step)."""
+        host = self.host_step(chunks)
+        if self.graphs is not None:
+            logits = self.graphs.run(host)
+            if logits is not None:
+                _advance(chunks)
+                return logits
+        hidden, _, logit_idx = self._forward(chunks, host)
         if not logit_idx.numel():
             return None
         return self.model.compute_logits(hidden[logit_idx])
+
+
+def _advance(chunks: list[Chunk]) -> None:
+    """Count each chunk's kept rows in its sequence's table (after the forward that stored them)."""
+    for c in chunks:
+        c.seq.table.num_tokens += c.num_kept
 
 
 def _host_is_vst(chunk: Chunk) -> np.ndarray:

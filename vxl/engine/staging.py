@@ -26,6 +26,12 @@ def _layout(arrays: list[np.ndarray]) -> tuple[list[int], int]:
     return offsets, start
 
 
+def _typed(longs: list, ints: list, flags) -> list[tuple[np.ndarray, torch.dtype]]:
+    return ([(np.asarray(a, dtype=np.int64), torch.int64) for a in longs]
+            + [(np.asarray(a, dtype=np.int32), torch.int32) for a in ints]
+            + [(np.asarray(flags, dtype=np.bool_), torch.bool)])
+
+
 class StepStaging:
     def __init__(self, device: torch.device, persistent: bool | None = None, num_buffers: int = 2):
         self.device = torch.device(device)
@@ -49,12 +55,12 @@ class StepStaging:
             self.num_grows += 1
         return i, buf
 
-    def to_device(self, longs: list, ints: list, flags: np.ndarray):
+    def to_device(self, longs: list, ints: list, flags: np.ndarray, out: torch.Tensor | None = None):
         """The step's int64 arrays, int32 arrays and bool flags on the device, as typed views of one buffer
-        copied once. -> (longs, ints, flags) as tensors."""
-        typed = ([(np.asarray(a, dtype=np.int64), torch.int64) for a in longs]
-                 + [(np.asarray(a, dtype=np.int32), torch.int32) for a in ints]
-                 + [(np.asarray(flags, dtype=np.bool_), torch.bool)])
+        copied once. -> (longs, ints, flags) as tensors. `out`: a uint8 device buffer of exactly the packed
+        size to copy into (arrays of the same shapes always land at the same offsets of it, so a CUDA graph
+        captured on its views reads each step's values)."""
+        typed = _typed(longs, ints, flags)
         arrays = [a for a, _ in typed]
         offsets, nbytes = _layout(arrays)
         if self.persistent:
@@ -65,12 +71,20 @@ class StepStaging:
         view = host.numpy()
         for o, a in zip(offsets, arrays):
             view[o:o + a.nbytes] = a.reshape(-1).view(np.uint8)
-        if self.device.type == "cuda":
+        if out is not None:
+            assert out.dtype == torch.uint8 and out.numel() == nbytes, "out: a uint8 buffer of the packed size"
+            dev = out.copy_(host, non_blocking=self.device.type == "cuda")
+        elif self.device.type == "cuda":
             dev = host.to(self.device, non_blocking=True)
-            if i is not None:
-                self.events[i] = torch.cuda.Event()
-                self.events[i].record()
         else:
             dev = host.clone() if self.persistent else host     # a reused host buffer is not the step's memory
-        out = [dev[o:o + a.nbytes].view(dtype) for o, (a, dtype) in zip(offsets, typed)]
-        return out[:len(longs)], out[len(longs):-1], out[-1]
+        if self.device.type == "cuda" and i is not None:
+            self.events[i] = torch.cuda.Event()
+            self.events[i].record()
+        views = [dev[o:o + a.nbytes].view(dtype) for o, (a, dtype) in zip(offsets, typed)]
+        return views[:len(longs)], views[len(longs):-1], views[-1]
+
+    @staticmethod
+    def packed_size(longs: list, ints: list, flags: np.ndarray) -> int:
+        """Bytes `to_device` packs these arrays into (the size of an `out` buffer for them)."""
+        return _layout([a for a, _ in _typed(longs, ints, flags)])[1]
