@@ -58,7 +58,7 @@ def _empty_decode_step() -> HostStep:
 class _Graph:
     def __init__(self, runner: ModelRunner, num_rows: int, width: int, capture, pool):
         host = _empty_decode_step().padded(num_rows, width)
-        self.inputs = torch.empty(runner.staging.packed_size(*_arrays(host)), dtype=torch.uint8, device=runner.device)
+        self.inputs = torch.empty(runner.staging.packed_size(*host.arrays()), dtype=torch.uint8, device=runner.device)
         step, token_ids, _ = runner.upload(host, out=self.inputs)
         model = runner.model
 
@@ -66,12 +66,6 @@ class _Graph:
             hidden = model(model.embed_tokens(token_ids), step, runner.kv_cache.layers, runner.ops)
             return model.compute_logits(hidden)
         self.replay, self.logits = capture(forward, pool)
-
-
-def _arrays(host: HostStep) -> tuple[list, list, np.ndarray]:
-    """`host`'s arrays grouped as `ModelRunner.upload` sends them (for the size of a graph's input buffer)."""
-    return ([host.positions, host.kept_positions, host.slots, host.token_ids, host.logit_rows],
-            [host.cu, host.cu_src, host.ratios, host.rems, host.kept, host.block_tables.ravel()], host.is_vst)
 
 
 class DecodeGraphs:

@@ -36,6 +36,11 @@ class HostStep:
     is_vst: np.ndarray              # [T] bool
     is_decode: bool
 
+    def arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """(int64 arrays, int32 arrays, bool flags) in the order `ModelRunner.upload` sends them."""
+        return ([self.positions, self.kept_positions, self.slots, self.token_ids, self.logit_rows],
+                [self.cu, self.cu_src, self.ratios, self.rems, self.kept, self.block_tables.ravel()], self.is_vst)
+
     def padded(self, num_rows: int, width: int) -> HostStep:
         """This decode step padded to `num_rows` sequences and `width` block-table columns (a captured decode
         graph's shape). A padding row is a one-token sequence with no kept entries that keeps nothing
@@ -138,9 +143,7 @@ class ModelRunner:
         """(StepInfo, token ids, logit rows) of a host step on the device, in one copy; into the device
         buffer `out` when given (a captured decode graph's inputs: the same arrays' shapes always give the
         same views of it, `vxl.engine.staging`)."""
-        small = [host.cu, host.cu_src, host.ratios, host.rems, host.kept, host.block_tables.ravel()]
-        longs = [host.positions, host.kept_positions, host.slots, host.token_ids, host.logit_rows]
-        dev = self.staging.to_device(longs, small, host.is_vst, out=out)
+        dev = self.staging.to_device(*host.arrays(), out=out)
         (positions, kept_positions, slot_mapping, token_ids, logit_idx), small_dev, is_vst_dev = dev
         cu_t, cu_src_t, ratios, rems, kept_lens, tables_t = small_dev
         step = StepInfo(positions=positions, is_vst=is_vst_dev, kept_positions=kept_positions,

@@ -46,7 +46,8 @@ class StepStaging:
         """The next buffer in turn, at least `nbytes` long, once no copy reads it any more."""
         i, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
         if self.events[i] is not None:
-            self.events[i].synchronize()    # the copy of two steps ago: long done unless the host is far ahead
+            if not self.events[i].query():  # the copy of two steps ago: long done unless the host is far ahead
+                self.events[i].synchronize()
             self.events[i] = None
         buf = self.buffers[i]
         if buf is None or buf.numel() < nbytes:
