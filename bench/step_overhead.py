@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--attention-backend", default="torch", choices=["torch", "triton"])
-    p.add_argument("--kv-cache-bytes", type=int, default=1 << 30, help="KV cache of each engine built")
+    p.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache of each engine built (default: the engine's)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only)")
     p.add_argument("--label", default="run", help="name of this run in the JSON (e.g. before, after)")
     p.add_argument("--commit", default=None,

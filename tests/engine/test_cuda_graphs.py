@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from vxl import LLM, SamplingParams
+from vxl.config import EngineConfig
 from vxl.engine.cuda_graphs import MIN_WIDTH, DecodeGraphs, eager_capture
 from vxl.engine.runner import HostStep
 
@@ -77,7 +78,9 @@ def test_decode_graphs_give_the_eager_answers(cpu_llm, max_graphs):
     assert_same(got, want)
     assert_same_where_clear(got, want, margin=0.1)      # (the GPU bf16 test's comparison, exercised here)
     assert graphs.stats["replays"] > 0 and graphs.stats["eager"] > 0    # prefill and window steps
-    assert len(graphs.graphs) == min(max_graphs, graphs.stats["captures"])
+    assert len(graphs.graphs) == graphs.stats["captures"] <= max_graphs
+    if max_graphs == 2:     # more shapes occur than the cap allows: the rest of the decode steps ran eagerly
+        assert len(graphs.graphs) == 2
     rows = {r for r, _ in graphs.graphs}
     widths = {w for _, w in graphs.graphs}
     if max_graphs > 2:      # several batch buckets and two table widths (the longest tables pass 256 entries: 32 pages of 8)
@@ -120,10 +123,9 @@ def test_cuda_graphs_need_cuda():
         LLM("tiny", device="cpu", cuda_graphs=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_need_the_triton_backend():
     with pytest.raises(ValueError, match="needs attention_backend='triton'"):
-        LLM("tiny", device="cuda", attention_backend="torch", cuda_graphs=True)
+        EngineConfig("cuda", "bfloat16", "torch", cuda_graphs=True).validate()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

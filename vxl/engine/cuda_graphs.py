@@ -1,6 +1,7 @@
-"""CUDA graphs of decode steps: a decode step of a 7B model is 28 layers of a dozen small kernels each, and
-at small batches launching them costs about as much as running them. A graph captures the whole forward
-(embedding, layers, final norm and lm_head) once per shape and replays it with one launch.
+"""CUDA graphs of decode steps: a decode step of a 7B model is 28 layers of a dozen small kernels each, every
+one launched from Python. A graph captures the whole forward (embedding, layers, final norm and lm_head)
+once per shape and replays it with one launch. Its effect is not measured yet: `bench/gpu_check.sh` times
+decode steps with and without graphs.
 
 A graph's shape is (sequences, block-table columns), each rounded up to a bucket: `BATCH_BUCKETS` for the
 sequences, powers of two (at least `MIN_WIDTH`) for the columns, which fix the decode kernel's grid. A step
@@ -11,7 +12,8 @@ of them; a step of any other shape (too many sequences, a prefill or window step
 
 All graphs share one memory pool: a graph's output is read before the next step replays any graph, which
 is what sharing needs. `capture` is a parameter so the padding and buffer logic can be tested without a
-GPU (`eager_capture` replays by calling the forward again); on CUDA it is `cuda_capture`.
+GPU (`eager_capture` replays by calling the forward again); on CUDA it is `cuda_capture`. The engine
+settings (`EngineConfig.validate`) allow graphs only on CUDA with the triton backend.
 """
 from __future__ import annotations
 
@@ -71,11 +73,6 @@ class _Graph:
 class DecodeGraphs:
     def __init__(self, runner: ModelRunner, batch_buckets=BATCH_BUCKETS, max_graphs: int = 32,
                  capture: Callable | None = None):
-        if capture is None and runner.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, not {runner.device}")
-        if capture is None and getattr(runner.ops, "name", None) != "triton":
-            raise ValueError("CUDA graphs need the triton backend (the torch backend's boolean row selection "
-                             "reads the device, which a graph cannot capture)")
         self.runner = runner
         self.batch_buckets = sorted(batch_buckets)
         self.max_graphs = max_graphs
