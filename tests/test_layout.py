@@ -76,3 +76,79 @@ def test_documented_command_answers_help(command):
     done = subprocess.run([*command, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+# -- the engine core's seams: front ends use its methods, nothing in vxl/ calls another object's privates --
+FRONT_ENDS = ("vxl/server", "vxl/batch", "vxl/integrations")
+ENGINE_INTERNALS = ("vxl.engine.scheduler", "vxl.engine.sequence", "vxl.engine.runner", "vxl.engine.kv_cache",
+                    "vxl.engine.vision_stage", "vxl.engine.visual", "vxl.engine.staging", "vxl.engine.cuda_graphs")
+# EngineCore's interface to the front ends (vxl/engine/core.py)
+CORE_METHODS = {"add_request", "add", "encode", "abort", "abort_handle", "step", "run_until", "has_unfinished_requests",
+                "add_listener", "remove_listener", "on_pressure", "kv_cache_usage", "load", "lock"}
+# third-party private API vxl calls knowingly: Triton's argument packing, used to compile without a GPU
+THIRD_PARTY_PRIVATE = {"_pack_args"}
+
+
+def python_files(*roots: str):
+    import ast
+    for root in roots:
+        for dirpath, _, names in os.walk(os.path.join(REPO_ROOT, root)):
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    with open(path) as f:
+                        yield os.path.relpath(path, REPO_ROOT), ast.parse(f.read())
+
+
+def seam_violations(files) -> list[str]:
+    """Imports of engine internals and uses of the core other than its methods, in front-end files."""
+    import ast
+    found = []
+    for path, tree in files:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                found += [f"{path}:{node.lineno} imports {n}" for n in names if n.startswith(ENGINE_INTERNALS)]
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and \
+                    node.value.attr == "core" and node.attr not in CORE_METHODS:
+                found.append(f"{path}:{node.lineno} uses {ast.unparse(node)}")
+    return found
+
+
+def private_calls(files) -> list[str]:
+    """`x._name` where x is not self, cls or super(): another object's private attribute. Module-level
+    Triton kernels (`module._name_kernel`, the kernel naming convention) are module attributes, not an
+    object's privates."""
+    import ast
+    found = []
+    for path, tree in files:
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            base = node.value
+            if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                continue
+            if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super":
+                continue
+            if node.attr.endswith("_kernel") or node.attr in THIRD_PARTY_PRIVATE:
+                continue
+            found.append(f"{path}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_front_ends_reach_the_engine_core_only_through_its_methods():
+    assert seam_violations(python_files(*FRONT_ENDS)) == []
+
+
+def test_nothing_in_vxl_calls_another_objects_private_methods():
+    assert private_calls(python_files("vxl")) == []
+
+
+def test_the_seam_checks_catch_a_planted_breach():
+    import ast
+    planted = ast.parse("from vxl.engine.scheduler import Scheduler\n"
+                        "def f(engine, stream):\n"
+                        "    engine.llm.core.scheduler.on_pressure = None\n"
+                        "    stream._pop_window()\n")
+    assert len(seam_violations([("planted.py", planted)])) == 2
+    assert private_calls([("planted.py", planted)]) == ["planted.py:4 stream._pop_window"]

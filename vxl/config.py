@@ -161,6 +161,11 @@ class EngineConfig:
     max_image_pixels: int | None = 1 << 27  # width x height of one image, read from a file's header before
                                           # it is decoded (134M pixels: 400 MB as uint8 RGB)
     cuda_graphs: bool = False             # decode steps replay CUDA graphs (vxl.engine.cuda_graphs; CUDA only)
+    seed: int = 0                         # request i of a call samples with seed + i unless it gives its own
+    max_num_seqs: int = 256               # sequences running at once (the largest CUDA-graph batch bucket)
+    max_vision_frames: int | None = None  # frames the vision stage encodes per step; None: 8 windows' worth
+    vision_overlap: bool | None = None    # encode the next windows on a side stream during the forward;
+                                          # None: on CUDA only
 
     def validate(self) -> None:
         if self.attention_backend not in ("torch", "triton"):
@@ -192,4 +197,12 @@ class EngineConfig:
                 raise ValueError(f"{name} must be None or an int >= 1, got {cap!r}")
         if self.max_batch_tokens <= 0:
             raise ValueError("max_batch_tokens must be positive")
+        for name in ("max_num_seqs", "max_vision_frames"):
+            value = getattr(self, name)
+            if (value is not None or name == "max_num_seqs") and (isinstance(value, bool) or not isinstance(value, int)
+                                                                  or value < 1):
+                raise ValueError(f"{name} must be an int >= 1{' or None' if name != 'max_num_seqs' else ''}, "
+                                 f"got {value!r}")
+        if self.vision_overlap is not None and not isinstance(self.vision_overlap, bool):
+            raise ValueError(f"vision_overlap must be None or a bool, got {self.vision_overlap!r}")
 

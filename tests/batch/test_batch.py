@@ -31,9 +31,9 @@ def videos(tmp_path_factory):
 
 
 def count_encodes(monkeypatch, llm) -> list:
-    """Patch this engine's encode_video to record the video of each call."""
-    calls, encode = [], llm.encode_video
-    monkeypatch.setattr(llm, "encode_video", lambda video, **kw: calls.append(video) or encode(video, **kw))
+    """Patch this engine core's encode to record the video of each job."""
+    calls, encode = [], llm.core.encode
+    monkeypatch.setattr(llm.core, "encode", lambda request, **kw: calls.append(request["video"]) or encode(request, **kw))
     return calls
 
 

@@ -94,7 +94,7 @@ def test_ratio_leaving_no_summary_token_is_refused(llm):
 
 
 def test_stop_ids_and_logprobs_are_checked_against_model_and_engine(llm):
-    ctx = llm.core.input_context()
+    ctx = llm.core.inputs
     req = Request(prompt_token_ids=[5, 6, 7])
     with pytest.raises(RequestError, match="stop_token_ids"):
         prepare_request(ctx, req, SamplingParams(stop_token_ids=[3, 97]))

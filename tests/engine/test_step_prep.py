@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import paged_cache
+from vxl.engine.vst import interleave
 from vxl.kernels import reference
 
 
@@ -65,10 +66,10 @@ def per_chunk_rows(kv_cache, chunk):
     """(is_vst, kept_positions, slot_mapping) of one chunk, built with torch one chunk at a time (the
     construction build_step replaced)."""
     n, kept = chunk.num_slots, chunk.seq.kept_len
-    if chunk.is_vst is None:
+    if chunk.kind != "window":
         is_vst, kept_idx = torch.zeros(n, dtype=torch.bool), kept + torch.arange(n)
     else:
-        is_vst = chunk.is_vst
+        is_vst, _ = interleave(chunk.num_raw, chunk.ratio, chunk.rem)
         kept_idx = torch.where(is_vst, kept + is_vst.long().cumsum(0) - 1, -1)
     pages, ps = torch.tensor(chunk.seq.table.pages), kv_cache.page_size
     safe = kept_idx.clamp(min=0)
@@ -80,7 +81,6 @@ def test_build_step_matches_per_chunk_construction(page_size):
     from vxl.engine.kv_cache import KVCache
     from vxl.engine.runner import ModelRunner
     from vxl.engine.sequence import Chunk
-    from vxl.engine.vst import interleave
     kv_cache = KVCache(1, 400, page_size, 1, 4, torch.float32, torch.device("cpu"))
     kv_cache.pool.allocate(7)                           # the sequences' pages do not start at 0
     seqs = [_Seq(kv_cache.new_table()) for _ in range(5)]
@@ -88,14 +88,13 @@ def test_build_step_matches_per_chunk_construction(page_size):
         seq.table.reserve(num_kept)
         seq.table.num_tokens = num_kept
     kv_cache.pool.release(kv_cache.pool.allocate(3))    # freed pages are reused out of order
-    is_vst_a, _ = interleave(23, 4, 1)
-    is_vst_b, _ = interleave(3, 8, 0)                   # a window with no VST
-    chunks = [Chunk(seqs[0], "text", 9, False, token_ids=list(range(9))),
-              Chunk(seqs[1], "window", int(is_vst_a.sum()), False, embeds=torch.randn(23, 8), is_vst=is_vst_a,
-                    ratio=4, rem=1),
-              Chunk(seqs[2], "decode", 1, True, token_ids=[3]),
-              Chunk(seqs[3], "window", 0, False, embeds=torch.randn(3, 8), is_vst=is_vst_b, ratio=8),
-              Chunk(seqs[4], "text", 4, True, token_ids=[1, 2, 3, 4])]
+    chunks = [Chunk(seq=seqs[0], kind="text", num_kept=9, sample=False, token_ids=list(range(9))),
+              Chunk(seq=seqs[1], kind="window", num_kept=(23 + 1) // 4, sample=False, num_raw=23,
+                    embeds=torch.randn(23, 8), ratio=4, rem=1),
+              Chunk(seq=seqs[2], kind="decode", num_kept=1, sample=True, token_ids=[3]),
+              Chunk(seq=seqs[3], kind="window", num_kept=0, sample=False, num_raw=3, embeds=torch.randn(3, 8),
+                    ratio=8),                           # a window with no VST
+              Chunk(seq=seqs[4], kind="text", num_kept=4, sample=True, token_ids=[1, 2, 3, 4])]
     runner = ModelRunner(None, None, kv_cache)
     step, token_ids, sample_idx = runner.prepare(chunks)
     rows = [per_chunk_rows(kv_cache, c) for c in chunks]
@@ -128,7 +127,7 @@ def test_decode_step_is_flagged_and_has_no_vst():
     for seq, num_kept in zip(seqs, [16, 3, 40]):
         seq.table.reserve(num_kept)
         seq.table.num_tokens = num_kept
-    chunks = [Chunk(s, "decode", 1, True, token_ids=[7]) for s in seqs]
+    chunks = [Chunk(seq=s, kind="decode", num_kept=1, sample=True, token_ids=[7]) for s in seqs]
     step = ModelRunner(None, None, kv_cache).build_step(chunks)
     assert step.is_decode and not step.has_vst and not step.is_vst.any()
     assert step.positions.tolist() == [16, 3, 40]

@@ -68,13 +68,13 @@ class RecordRanges:
 
 
 def test_nvtx_ranges_around_every_stage(llm, video):
-    ranges, saved = RecordRanges(), llm.annotate
-    llm.annotate = ranges
+    ranges, saved = RecordRanges(), llm.core.annotate
+    llm.core.set_annotate(ranges)
     try:
         out = llm.generate({"prompt": "Q", "video": video, "num_frames": 40},
                            SamplingParams(max_tokens=3, ignore_eos=True), use_tqdm=False)[0]
     finally:
-        llm.annotate = saved
+        llm.core.set_annotate(saved)
     assert out.error is None
     frames_per_window = -(-llm.config.beacon_window // llm.model.tokens_per_frame)
     num_chunks = -(-40 // frames_per_window)

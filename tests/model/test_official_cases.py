@@ -71,7 +71,8 @@ def test_prefill_logits_and_kept_kv(official, case):
     expected_logits = tensors[f"{case}/prefill_logits"]
     with torch.inference_mode():
         while True:
-            chunk = seq.next_chunk()
+            chunk = seq.next_chunk(max_rows=10**9)
+            assert not llm.core.vision.encode([chunk])  # a window's embeddings, from the vision stage
             hidden, _ = llm.runner.forward([chunk])      # appends the kept K/V, advances the kept length
             if chunk.sample:      # the last text chunk (chunks of beacon_window rows, as the original)
                 got = llm.model.compute_logits(hidden)

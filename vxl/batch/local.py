@@ -1,5 +1,5 @@
 """Running a batch job's units on one in-process `LLM`: a video asked several questions is encoded once
-(`LLM.encode_video`), its questions are answered from the memory, and the memory is released as soon as
+(an engine encode job, `EngineCore.encode`), its questions are answered from the memory, and the memory is released as soon as
 its last question ends. Units run a chunk at a time, so memory stays bounded on big files; rows are
 handed to `emit` as their requests finish. Shared by `vxl batch` and the Ray actors.
 """
@@ -33,22 +33,6 @@ class Progress:
         self.bar.close()
 
 
-def _encode(llm, unit: Unit, emit: Emit, progress: Progress | None):
-    """The unit's VideoMemory, or None after giving each of its questions an error row."""
-    path, num_frames, ratio = unit.video_key
-    try:
-        mem = llm.encode_video(path, compression_ratio=ratio, num_frames=num_frames)
-    except Exception as exc:    # this video's problem only: its questions fail, the job goes on
-        for item in unit.items:
-            emit(error_row(item.request_id, f"cannot encode the video {path}: {exc}"))
-        if progress:
-            progress.update(len(unit.items))
-        return None
-    if progress:
-        progress.add_frames(mem.num_frames)
-    return mem
-
-
 def _memory_request(item: BatchItem, mem) -> dict:
     """The item's question, answered from `mem` instead of its video."""
     skip = ("video", "num_frames", "compression_ratio")
@@ -56,44 +40,67 @@ def _memory_request(item: BatchItem, mem) -> dict:
 
 
 def run_units(llm, units: list[Unit], emit: Emit, progress: Progress | None = None) -> None:
-    """Run `units` together on `llm` (one chunk): every item gets exactly one row through `emit`."""
-    memories, users = {}, {}          # unit index -> VideoMemory; request id -> that unit's index
-    remaining = {}                    # unit index -> questions of its memory not finished yet
-    pending: set[str] = set()
+    """Run `units` together on `llm` (one chunk): every item gets exactly one row through `emit`. A video
+    asked several questions is encoded once, as an engine job (`EngineCore.encode`) beside the other
+    requests; its questions join when its memory is ready."""
+    core = llm.core
+    jobs = {}                         # unit index -> its encode job
+    asked = {}                        # request id -> its handle
+    memories, users, remaining = {}, {}, {}     # unit -> memory; request id -> unit; unit -> questions left
+
+    def ask(unit: Unit, mem) -> None:
+        for item in unit.items:
+            if item.error is not None:
+                emit(error_row(item.request_id, item.error))
+                if progress:
+                    progress.update()
+                continue
+            request = _memory_request(item, mem) if mem is not None else item.request
+            asked[item.request_id] = core.add(request, item.params(), default_id=item.request_id)
+
     try:
         for u, unit in enumerate(units):
-            mem = None
             if unit.video_key is not None and len(unit.items) > 1:
-                mem = _encode(llm, unit, emit, progress)
-                if mem is None:
-                    continue
-                memories[u], remaining[u] = mem, len(unit.items)
-            for item in unit.items:
-                if item.error is not None:
-                    emit(error_row(item.request_id, item.error))
-                    if progress:
-                        progress.update()
-                    continue
-                request = _memory_request(item, mem) if mem is not None else item.request
-                llm.add_request(request, item.params())
-                pending.add(item.request_id)
-                if mem is not None:
-                    users[item.request_id] = u
-        while pending and llm.has_unfinished_requests():
-            for out in llm.step().finished:
-                if out.request_id not in pending:
-                    continue
-                pending.discard(out.request_id)
-                emit(output_row(out))
-                _finished(out, users, remaining, memories, progress)
-        for rid in sorted(pending):   # the engine never reported them: still one row each
-            emit(error_row(rid, "the engine ended without finishing this request"))
-        pending.clear()
+                path, num_frames, ratio = unit.video_key
+                jobs[u] = core.encode({"video": path, "num_frames": num_frames, "compression_ratio": ratio})
+            else:
+                ask(unit, None)
+        while jobs or asked:
+            core.step()
+            for u, job in [(u, j) for u, j in jobs.items() if j.output is not None]:
+                del jobs[u]
+                _encoded(units[u], u, job.output, emit, progress, memories, remaining, users)
+                if u in memories:
+                    ask(units[u], memories[u])
+                    users.update({item.request_id: u for item in units[u].items if item.request_id in asked})
+            for rid, handle in [(r, h) for r, h in asked.items() if h.output is not None]:
+                del asked[rid]
+                emit(output_row(handle.output))
+                _finished(handle.output, users, remaining, memories, progress)
     finally:                          # an interrupted chunk leaves nothing behind in the engine
-        for rid in pending:
-            llm.abort(rid)
+        for handle in list(jobs.values()) + list(asked.values()):
+            core.abort_handle(handle)
+        for job in jobs.values():
+            if job.output is not None and job.output.memory is not None:
+                job.output.memory.release()
         for mem in memories.values():
             mem.release()
+
+
+def _encoded(unit: Unit, u: int, result, emit: Emit, progress: Progress | None, memories: dict, remaining: dict,
+             users: dict) -> None:
+    """A unit's encode job ended: keep its memory, or give each of its questions an error row."""
+    if result.memory is None:       # this video's problem only: its questions fail, the job goes on
+        for item in unit.items:
+            emit(error_row(item.request_id, f"cannot encode the video {unit.video_key[0]}: {result.error}"))
+        if progress:
+            progress.update(len(unit.items))
+        return
+    memories[u], remaining[u] = result.memory, sum(item.error is None for item in unit.items)
+    if remaining[u] == 0:
+        memories.pop(u).release()
+    if progress:
+        progress.add_frames(result.memory.num_frames)
 
 
 def _finished(out, users: dict, remaining: dict, memories: dict, progress: Progress | None) -> None:

@@ -1,32 +1,47 @@
 """The engine core: the one step loop behind `LLM.generate`, the server, streams and batch jobs (DESIGN
-section 7). Requests join at any step (`add_request`), each `step` runs one packed forward over the
-running requests and samples their next tokens, `abort` ends a request and returns its pages at once.
+section 7). It is built from an `EngineConfig` and a loaded model and owns its parts: the KV cache, the
+model runner, the scheduler, the vision stage and the input context. Everything outside talks to it through
+its methods: `add_request`/`add`, `encode` (a video into a VideoMemory, as a scheduled job), `abort`,
+`step`, `run_until`, `add_listener`, `on_pressure`, `kv_cache_usage`, `load`.
+
+A step: schedule chunks (rows and vision frames within budget) -> the vision stage encodes the step's
+windows in one call -> one packed LLM forward -> (on CUDA, the next windows are encoded on a side stream
+meanwhile) -> one sampling pass over every logit row with one device-to-host read -> bookkeeping.
 
 A fault stays with its requests: an exception while a request is prepared fails that request; one while
-a step runs (forward, sampling, allocation) fails the requests of that step; their pages return and the
-loop goes on. Only BaseExceptions that are not Exceptions (KeyboardInterrupt) leave `step`.
+a step runs (vision, forward, sampling, allocation) fails the requests of that step; their pages return and
+the loop goes on. Only BaseExceptions that are not Exceptions (KeyboardInterrupt) leave `step`.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
+import nvtx
 import torch
 
-from vxl.config import IMAGE_TOKEN_INDEX
+from vxl.config import IMAGE_TOKEN_INDEX, EngineConfig
+from vxl.engine.cuda_graphs import DecodeGraphs
 from vxl.engine.inputs import (InputContext, RequestError, check_params, check_token_ids, prepare_request,
-                              prompt_ids_from_text)
-from vxl.engine.kv_cache import KVCache
+                               prompt_ids_from_text)
+from vxl.engine.kv_cache import BlockTable, KVCache
+from vxl.engine.preprocess import preprocess_frames
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
-from vxl.engine.sampler import SamplingParams, sample_token
+from vxl.engine.sampler import SamplingParams, sample_rows
 from vxl.engine.scheduler import Scheduler
 from vxl.engine.sequence import Chunk, Sequence
-from vxl.engine.video_memory import VideoMemory
+from vxl.engine.stream import VideoStream
+from vxl.engine.video_memory import VideoMemory, model_fingerprint
+from vxl.engine.vision_stage import VisionStage
+from vxl.kernels import get_backend
+from vxl.model.loader import LoadedModel
 
 # per chunk kind: its stage in metrics["seconds"], and the NVTX range around the layers that run it
 STAGE_OF_KIND = {"window": "windows", "text": "text_prefill", "decode": "decode"}
@@ -34,183 +49,344 @@ RANGE_OF_KIND = {"window": "windows", "text": "text-prefill", "decode": "decode"
 
 
 @dataclass
+class EncodeResult:
+    """The end of an encode job (`EngineCore.encode`): its VideoMemory, or why there is none."""
+    job_id: str
+    memory: VideoMemory | None = None
+    error: str | None = None
+    error_type: str | None = None       # "bad_request" | "server_error" | "abort"
+
+
+@dataclass
 class Rejected:
-    """A request refused while it was prepared: it holds no pages and has only its error output."""
+    """A request or encode job refused while it was prepared: it holds no pages, only its error output."""
     request_id: str
-    output: RequestOutput
+    output: RequestOutput | EncodeResult
+    is_encode_job: bool = False
     is_finished: bool = True
 
 
 @dataclass
 class StepOutput:
     """What one step did: the tokens each request sampled (request id -> ids), the requests that ended
-    (their final outputs), how many visual windows it encoded and the pages in use after its forward
-    (before ended requests returned theirs)."""
+    (their final outputs), the encode jobs that ended, how many visual windows its forward ran and frames
+    its vision stage encoded, the pages in use after its forward (before ended requests returned theirs),
+    and seconds per part of the step ("vision", "forward", "sample")."""
     new_tokens: dict[str, list[int]] = field(default_factory=dict)
     finished: list[RequestOutput] = field(default_factory=list)
+    encoded: list[EncodeResult] = field(default_factory=list)
     num_windows: int = 0
+    num_frames: int = 0
     num_used_pages: int = 0
-    encoded: dict[str, VideoMemory] = field(default_factory=dict)     # encode jobs done (add_encode)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """EngineConfig.dtype ("torch.bfloat16" or "bfloat16") -> the torch dtype."""
+    return getattr(torch, name.removeprefix("torch."))
 
 
 class EngineCore:
-    """Owns the scheduler and the requests in flight of one engine. Thread-safe: every public method holds
-    the core's lock, so several threads may add, step and abort; a step runs one at a time."""
+    """Thread-safe: every public method holds the core's lock, so several threads may add, step and abort;
+    a step runs one at a time."""
 
-    def __init__(self, llm):
-        self.llm = llm                              # loaded model, configs, tokenizer, annotate
-        self.kv_cache: KVCache = llm.kv_cache
-        self.runner: ModelRunner = llm.runner
-        self.scheduler = Scheduler(self.kv_cache.pool, llm.engine_config.max_batch_tokens)
+    def __init__(self, config: EngineConfig, loaded: LoadedModel, annotate: Callable = nvtx.annotate):
+        config.validate()
+        self.config = config
+        self.device, self.dtype = torch.device(config.device), torch_dtype(config.dtype)
+        self.loaded, self.model, self.model_config = loaded, loaded.model, loaded.config
+        self.tokenizer = loaded.tokenizer
+        # NVTX ranges (no-ops without a profiler): decode-video, vision, windows, text-prefill, decode. Any
+        # callable name -> context manager will do (tests record the ranges with one).
+        self.annotate = annotate
+        cfg = self.model_config
+        self.bytes_per_token = cfg.bytes_per_token(self.dtype.itemsize)
+        frames_per_window = -(-cfg.beacon_window // self.model.tokens_per_frame) if self.model.has_vision else 1
+        self.max_vision_frames = config.max_vision_frames or 8 * frames_per_window
+        self.vision_overlap = config.vision_overlap if config.vision_overlap is not None else self.device.type == "cuda"
+        num_pages = config.num_pages or max(1, self._kv_budget() // (config.page_size * self.bytes_per_token))
+        self.kv_cache = KVCache(cfg.num_hidden_layers, num_pages, config.page_size, cfg.num_key_value_heads,
+                                cfg.head_dim, self.dtype, self.device)
+        self.runner = ModelRunner(self.model, get_backend(config.attention_backend), self.kv_cache)
+        if config.cuda_graphs:
+            self.runner.graphs = DecodeGraphs(self.runner)
+        self.scheduler = Scheduler(self.kv_cache.pool, max_batch_tokens=config.max_batch_tokens,
+                                   max_num_seqs=config.max_num_seqs, max_vision_frames=self.max_vision_frames)
+        self.vision = VisionStage(self.model, self.device, annotate, overlap=self.vision_overlap)
+        self.inputs = InputContext(cfg, config, self.tokenizer, self.model if self.model.has_vision else None,
+                                   loaded.image_processor, self.device, self.dtype, annotate)
+        self.model_fingerprint = model_fingerprint(self.model, cfg)
         self.lock = threading.RLock()
-        self._ended: list = []                      # Sequences or Rejected that ended before admission:
-                                                    # reported by the next step
+        self._ended: list = []              # Sequences or Rejected that ended before admission: reported by
+                                            # the next step
         self._counter = itertools.count()
-        # called with every StepOutput, whoever ran the step (a server's loop, `generate`, a stream's append)
-        self.listeners: list = []
+        self._listeners: list[Callable[[StepOutput], None]] = []
+
+    def _kv_budget(self) -> int:
+        if self.config.kv_cache_bytes is not None:
+            return self.config.kv_cache_bytes
+        if self.device.type == "cuda":   # all free memory but one step's work space and a reserve
+            from vxl.engine.planner import GiB, workspace_bytes
+            free, _ = torch.cuda.mem_get_info(self.device)
+            clip = self.model.model.vision_tower.clip_config if self.model.has_vision else None
+            work = workspace_bytes(self.model_config, clip, 1, self.dtype.itemsize, self.config.max_batch_tokens,
+                                   self.config.attention_backend, 0, vision_frames=self.max_vision_frames,
+                                   overlap=self.vision_overlap)
+            return max(0, int(free - 2 * work - GiB))
+        return 256 * 2**20
+
+    def set_annotate(self, annotate: Callable) -> None:
+        """Report NVTX-style ranges to `annotate` from now on (a profiler's, or a test's recorder)."""
+        with self.lock:
+            self.annotate = self.vision.annotate = annotate
+            self.inputs = dataclasses.replace(self.inputs, annotate=annotate)
+
+    # -- what the engine holds -----------------------------------------------------------------------
+    def kv_cache_usage(self) -> dict:
+        pool = self.kv_cache.pool
+        return {"num_pages": pool.num_pages, "num_free_pages": pool.num_free_pages,
+                "num_used_pages": pool.num_pages - pool.num_free_pages, "page_size": pool.page_size,
+                "bytes_per_token": self.bytes_per_token,
+                "total_bytes": pool.num_pages * pool.page_size * self.bytes_per_token}
+
+    def load(self) -> dict:
+        """Requests running and waiting for pages, and pages free for a new reservation."""
+        with self.lock:
+            return {"num_running": len(self.scheduler.running), "num_waiting": len(self.scheduler.waiting),
+                    "num_reservable_pages": self.scheduler.free_pages()}
+
+    def add_listener(self, listener: Callable[[StepOutput], None]) -> None:
+        """Call `listener` with every StepOutput, whoever ran the step (a server's loop, `generate`, a
+        stream's append); it runs inside the step, under the core's lock."""
+        with self.lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[StepOutput], None]) -> None:
+        with self.lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def on_pressure(self, handler: Callable[[int], bool] | None) -> None:
+        """Call `handler(pages_missing)` when the next waiting request does not fit; it returns whether it
+        freed any pages (a cache of video memories evicting idle entries)."""
+        with self.lock:
+            self.scheduler.on_pressure = handler
 
     # -- requests ----------------------------------------------------------------------------------
     def add_request(self, request, sampling_params: SamplingParams | None = None) -> str:
         """Queue a request (dict, str or vxl.Request); it is admitted at the first step whose free pages
         cover its worst case. Returns its request id (the request's own, else a fresh one). A bad request
         is reported, with finish_reason "error", by the next step."""
-        with self.lock:
-            index = next(self._counter)
-            seq = self.add(request, sampling_params or SamplingParams(), index, default_id=uuid.uuid4().hex)
-            return seq.request_id
+        return self.add(request, sampling_params or SamplingParams()).request_id
 
-    def add(self, request, params: SamplingParams, index: int, default_id: str,
-            encode_only: bool = False) -> Sequence | Rejected:
-        """add_request with the sequence (or the rejection) returned: its `output` is set once it ends.
-        `index` seeds sampling when params.seed is None."""
+    def add(self, request, params: SamplingParams, *, index: int | None = None,
+            default_id: str | None = None) -> Sequence | Rejected:
+        """add_request with its handle returned: `handle.output` is set once it ends. `index` seeds sampling
+        when params.seed is None (default: the engine's count of requests)."""
         with self.lock:
+            index = next(self._counter) if index is None else index
+            default_id = default_id if default_id is not None else uuid.uuid4().hex
             try:
-                seq, max_kept = self._new_sequence(index, Request.from_any(request), params, default_id, encode_only)
+                seq, max_kept = self._new_sequence(index, Request.from_any(request), params, default_id)
             except Exception as exc:        # any problem while preparing is this request's alone
-                rid = request.get("request_id") if isinstance(request, dict) else getattr(request, "request_id", None)
+                rid = request.get("request_id") if isinstance(request, dict) else \
+                    request.request_id if isinstance(request, Request) else None
                 rid = str(rid if rid is not None else default_id)
-                rejected = Rejected(rid, RequestOutput(rid, finish_reason="error", error=str(exc), error_type="bad_request"))
-                self._ended.append(rejected)
-                return rejected
-            self.scheduler.add(seq, max_kept)
-            if seq.is_finished:             # it can never fit in the pool
-                self._ended.append(seq)
-            return seq
+                return self._reject(Rejected(rid, RequestOutput(rid, finish_reason="error", error=str(exc),
+                                                                error_type="bad_request")))
+            return self._admit(seq, max_kept)
 
-    def add_encode(self, request, request_id: str | None = None) -> Sequence | Rejected:
-        """Queue an encode job: the request's visual input (video, images, visual_embeds; its prompt is
-        ignored) is encoded window by window, interleaved with other requests' steps, into a VideoMemory
-        like `LLM.encode_video`'s; the step that finishes it reports it in `StepOutput.encoded`, and it is
-        the job's `output`. A failure is reported like a request's, as a finished RequestOutput."""
+    def encode(self, request, *, prefix_token_ids: list[int] | None = None,
+               job_id: str | None = None) -> Sequence | Rejected:
+        """Queue an encode job: the visual input of `request` (video, image, images, visual_embeds, or
+        video_stream: every frame appended so far; its prompt is ignored) is encoded window by window,
+        interleaved with other requests' steps, after the prompt prefix (the chat template's text before the
+        video, or `prefix_token_ids`). The step that ends it reports an `EncodeResult` in
+        `StepOutput.encoded`, which is also the handle's `output`; its memory holds pages until released."""
         with self.lock:
-            rid = request_id or uuid.uuid4().hex
-            job = {**(request if isinstance(request, dict) else vars(request)), "prompt": "", "request_id": rid}
-            job.pop("prompt_token_ids", None)
-            return self.add(job, SamplingParams(max_tokens=1), next(self._counter), rid, encode_only=True)
+            jid = job_id or uuid.uuid4().hex
+            try:
+                seq, max_kept = self._new_encode_job(Request.from_any(request), prefix_token_ids, jid)
+            except Exception as exc:
+                return self._reject(Rejected(jid, EncodeResult(jid, error=str(exc), error_type="bad_request"),
+                                             is_encode_job=True))
+            return self._admit(seq, max_kept)
+
+    def admit(self, seq: Sequence, max_kept_tokens: int) -> Sequence:
+        """Queue a sequence built by an engine component (a stream's encoder) with its worst-case kept
+        tokens."""
+        with self.lock:
+            return self._admit(seq, max_kept_tokens)
+
+    def _admit(self, seq: Sequence, max_kept: int) -> Sequence:
+        self.scheduler.add(seq, max_kept)
+        if seq.is_finished:                 # it can never fit in the pool
+            self._ended.append(seq)
+        return seq
+
+    def _reject(self, rejected: Rejected) -> Rejected:
+        self._ended.append(rejected)
+        return rejected
+
+    def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
+        """A sampling request's own generator, on the device that samples."""
+        if params.is_greedy:
+            return None
+        seed = params.seed if params.seed is not None else self.config.seed + index
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def _new_sequence(self, index: int, request: Request, params: SamplingParams,
-                      default_id: str, encode_only: bool = False) -> tuple[Sequence, int]:
-        llm = self.llm
+                      default_id: str) -> tuple[Sequence, int]:
         if not isinstance(params, SamplingParams):
             raise RequestError(f"sampling params must be a vxl.SamplingParams, not {type(params).__name__}")
-        check_params(params, llm.config.vocab_size, llm.engine_config.max_logprobs)    # stream questions too
+        check_params(params, self.model_config.vocab_size, self.config.max_logprobs)    # stream questions too
         if request.video_stream is not None:
             return self._stream_question(index, request, params, default_id)
-        prep = prepare_request(self.input_context(), request, params)
-        if encode_only:
-            if prep.visual is None or prep.memory is not None:
-                raise RequestError("an encode job needs a video, images or visual_embeds")
-            prep.prompt_ids = prep.prompt_ids[:prep.placeholder_idx + 1]     # the prefix and the video only
-        generator = None
-        if not params.is_greedy:
-            generator = torch.Generator().manual_seed(params.seed if params.seed is not None else llm.seed + index)
+        prep = prepare_request(self.inputs, request, params)
+        rid = prep.request_id if prep.request_id is not None else default_id
+        return self._sequence_of(prep, params, rid, index, self._generator(params, index))
+
+    def _sequence_of(self, prep, params: SamplingParams, rid: str, index: int, generator,
+                     is_encode_job: bool = False) -> tuple[Sequence, int]:
         table = None
         try:
             if prep.memory is not None:
                 try:
-                    prep.memory.bind(self.kv_cache, llm.model_fingerprint)
+                    prep.memory.bind(self.kv_cache, self.model_fingerprint)
                 except ValueError as exc:
                     raise RequestError(str(exc)) from None
                 table = prep.memory.fork_table()
             else:
                 table = self.kv_cache.new_table()
-            window = llm.config.beacon_window
-            rid = prep.request_id if prep.request_id is not None else default_id
-            seq = Sequence(index, str(rid), prep.prompt_ids, prep.placeholder_idx, prep.visual, prep.ratio, params,
-                           table, window, llm.engine_config.text_chunk_size or window, generator, memory=prep.memory,
-                           encode_only=encode_only)
+            seq = Sequence(index=index, request_id=str(rid), prompt_ids=prep.prompt_ids,
+                           placeholder_idx=prep.placeholder_idx, visual=prep.visual, ratio=prep.ratio, params=params,
+                           table=table, window=self.model_config.beacon_window, text_chunk=self.text_chunk,
+                           generator=generator, memory=prep.memory, is_encode_job=is_encode_job)
         except BaseException:
             if table is not None:
                 table.release()
             if prep.visual is not None:
                 prep.visual.close()
             raise
-        return seq, prep.max_kept_tokens(llm.config, params)
+        return seq, prep.max_kept_tokens(self.model_config, params)
 
-    def _stream_question(self, index: int, request: Request, params: SamplingParams,
-                         default_id: str) -> tuple[Sequence, int]:
-        """A question over a live stream: every frame appended so far (vxl.engine.stream)."""
+    @property
+    def text_chunk(self) -> int:
+        return self.config.text_chunk_size or self.model_config.beacon_window
+
+    def default_prefix(self) -> list[int]:
+        """The chat template's token ids before the video."""
+        ids = prompt_ids_from_text(self.tokenizer, "", True)
+        return ids[:ids.index(IMAGE_TOKEN_INDEX)]
+
+    def _new_encode_job(self, request: Request, prefix_token_ids, job_id: str) -> tuple[Sequence, int]:
+        params = SamplingParams(max_tokens=1)
+        if request.video_stream is not None:
+            stream = self._stream_of(request)
+            return stream.question_sequence(0, job_id, [], params, None, self.text_chunk, is_encode_job=True)
+        if all(getattr(request, n) is None for n in ("video", "image", "images", "visual_embeds")):
+            raise RequestError("an encode job needs a video, image, images, visual_embeds or video_stream")
+        prefix = check_token_ids(prefix_token_ids if prefix_token_ids is not None else self.default_prefix(),
+                                 self.model_config.vocab_size, "prefix_token_ids")
+        if IMAGE_TOKEN_INDEX in prefix:
+            raise RequestError("prefix_token_ids must not contain the video placeholder")
+        fields = {k: v for k, v in vars(request).items() if k not in ("prompt", "prompt_token_ids", "request_id")}
+        job = Request(**fields, prompt_token_ids=prefix + [IMAGE_TOKEN_INDEX], request_id=job_id)
+        prep = prepare_request(self.inputs, job, params, is_encode_job=True)
+        return self._sequence_of(prep, params, job_id, 0, None, is_encode_job=True)
+
+    def _stream_of(self, request: Request) -> VideoStream:
         stream = request.video_stream
+        if not isinstance(stream, VideoStream) or stream.core is not self:
+            raise RequestError("video_stream must be a stream opened on this engine (LLM.open_stream)")
         others = [n for n in ("video", "image", "images", "visual_embeds", "video_memory", "num_frames")
                   if getattr(request, n) is not None]
         if others:
             raise RequestError(f"a video_stream request takes no {', '.join(others)}")
-        if not hasattr(stream, "question_sequence") or getattr(stream, "core", None) is not self:
-            raise RequestError("video_stream must be a stream opened on this engine (LLM.open_stream)")
         if request.compression_ratio is not None and request.compression_ratio != stream.ratio:
             raise RequestError(f"compression_ratio {request.compression_ratio} differs from the stream's ({stream.ratio})")
+        return stream
+
+    def _stream_question(self, index: int, request: Request, params: SamplingParams,
+                         default_id: str) -> tuple[Sequence, int]:
+        """A question over a live stream: every frame appended so far (vxl.engine.stream)."""
+        stream = self._stream_of(request)
         if request.prompt_token_ids is not None:
-            ids = check_token_ids(request.prompt_token_ids, self.llm.config.vocab_size)
+            ids = check_token_ids(request.prompt_token_ids, self.model_config.vocab_size)
         else:
-            ids = prompt_ids_from_text(self.llm.tokenizer, request.prompt, True)
+            ids = prompt_ids_from_text(self.tokenizer, request.prompt, True)
         if ids.count(IMAGE_TOKEN_INDEX) != 1 or ids[:ids.index(IMAGE_TOKEN_INDEX)] != stream.prefix_ids:
             raise RequestError("the prompt's text before the video differs from the stream's prefix")
-        generator = None
-        if not params.is_greedy:
-            generator = torch.Generator().manual_seed(params.seed if params.seed is not None else self.llm.seed + index)
         rid = str(request.request_id if request.request_id is not None else default_id)
-        text_chunk = self.llm.engine_config.text_chunk_size or self.llm.config.beacon_window
-        return stream.question_sequence(index, rid, ids[ids.index(IMAGE_TOKEN_INDEX) + 1:], params, generator,
-                                        text_chunk)
-
-    def input_context(self) -> InputContext:
-        llm = self.llm
-        vision = llm.model if llm.model.has_vision else None
-        return InputContext(llm.config, llm.engine_config, llm.tokenizer, vision, llm.loaded.image_processor,
-                            llm.device, llm.dtype, llm.annotate)
+        return stream.question_sequence(index, rid, ids[ids.index(IMAGE_TOKEN_INDEX) + 1:], params,
+                                        self._generator(params, index), self.text_chunk)
 
     def abort(self, request_id: str) -> bool:
-        """End every unfinished request with this id (finish_reason "abort"); its pages return at once.
-        Returns whether one was found."""
+        """End every unfinished request or encode job with this id (finish_reason "abort"); its pages
+        return at once. Returns whether one was found."""
         with self.lock:
             found = [seq for seq in self.scheduler.unfinished() if seq.request_id == request_id]
             for seq in found:
-                self.abort_sequence(seq)
+                self.abort_handle(seq)
             return bool(found)
 
-    def abort_sequence(self, seq: Sequence) -> None:
+    def abort_handle(self, handle: Sequence | Rejected) -> None:
+        """End this request or job now unless it has ended (its output is then set)."""
         with self.lock:
-            self.scheduler.remove(seq)
-            if seq.finish_reason is None:
-                seq.finish_reason = "abort"
-            seq.release()
-            seq.output = self.output(seq)
+            if not isinstance(handle, Sequence) or handle.output is not None:
+                return
+            self.scheduler.remove(handle)
+            if handle.finish_reason is None:
+                handle.finish_reason = "abort"
+                if handle.is_encode_job:
+                    handle.error, handle.error_type = "the encode job was aborted", "abort"
+            handle.release()
+            handle.output = self._final_output(handle)
 
     def has_unfinished_requests(self) -> bool:
         with self.lock:
             return bool(self._ended) or self.scheduler.has_work
 
+    def run_until(self, handle: Sequence | Rejected) -> RequestOutput | EncodeResult:
+        """Step until `handle` has ended (other requests advance too); its output."""
+        while handle.output is None:
+            self.step()
+        return handle.output
+
+    # -- vision outside requests -------------------------------------------------------------------
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [T, H, W, 3] -> their visual tokens [T x tokens_per_frame, hidden] (a stream's
+        appended frames), counted in the vision stage's stats."""
+        t0 = time.perf_counter()
+        with torch.inference_mode(), self.annotate("vision"):
+            pixels = preprocess_frames(frames.to(self.device), self.loaded.image_processor)
+            tokens = self.model.encode_frames(pixels.to(self.model.beacon_embedding().dtype))
+        self.vision.stats["calls"] += 1
+        self.vision.stats["frames"] += frames.shape[0]
+        self.vision.stats["seconds"] += time.perf_counter() - t0
+        return tokens
+
+    @property
+    def page_size(self) -> int:
+        return self.kv_cache.page_size
+
+    def new_table(self) -> BlockTable:
+        return self.kv_cache.new_table()
+
+    def fork_table(self, table: BlockTable) -> BlockTable:
+        return self.kv_cache.fork(table)
+
     # -- the step ----------------------------------------------------------------------------------
     def step(self) -> StepOutput:
         """One packed forward over the running requests (admitting waiting ones first) and their sampled
-        tokens; requests that ended are released and reported."""
+        tokens; requests and jobs that ended are released and reported."""
         with self.lock, torch.inference_mode():
             result = StepOutput()
-            chunks, failed = self.scheduler.schedule()
-            for seq, exc in failed:
+            planned = self.scheduler.schedule()
+            for seq, exc in planned.failed:
                 seq.fail(f"{type(exc).__name__}: {exc}")
-            if chunks:
-                self._run_chunks(chunks, result)
+            if planned.chunks:
+                self._run_chunks(planned.chunks, result)
             pool = self.kv_cache.pool
             result.num_used_pages = pool.num_pages - pool.num_free_pages
             ended, self._ended = self._ended + self.scheduler.dropped, []
@@ -219,87 +395,115 @@ class EngineCore:
                 if isinstance(seq, Sequence):
                     if seq in self.scheduler.running:
                         self.scheduler.finish(seq)
-                    if seq.finish_reason == "encoded":
-                        seq.output = result.encoded[seq.request_id] = self._memory_of(seq)
-                        continue
-                    seq.release()
-                    seq.output = self.output(seq)
-                result.finished.append(seq.output)
-            for listener in self.listeners:
+                    seq.output = self._final_output(seq)
+                (result.encoded if seq.is_encode_job else result.finished).append(seq.output)
+            for listener in list(self._listeners):
                 listener(result)
             return result
 
     def _run_chunks(self, chunks: list[Chunk], result: StepOutput) -> None:
         t0 = time.perf_counter()
+        failed = self.vision.encode(chunks)
+        result.num_frames = sum(c.num_frames for c in chunks)
+        self._fail(failed, "while encoding frames", "bad_request")
+        chunks = [c for c in chunks if not c.seq.is_finished]
+        t1 = time.perf_counter()
+        result.seconds["vision"] = t1 - t0
+        if not chunks:
+            return
         try:
             logits = self.forward(chunks)
         except Exception as exc:            # fails this step's requests only; the loop goes on
             for seq in {id(c.seq): c.seq for c in chunks}.values():
                 seq.fail(f"{type(exc).__name__} in a forward step: {exc}", "server_error")
             return
-        elapsed = time.perf_counter() - t0
+        ahead = []
+        if self.vision.overlap:             # the forward is launched: CLIP for the next windows meanwhile
+            ahead = self.vision.encode_ahead(self.scheduler.running, self.max_vision_frames)
+        t2 = time.perf_counter()
+        result.seconds["forward"] = t2 - t1
         result.num_windows = sum(c.kind == "window" for c in chunks)
-        row = 0
         for chunk in chunks:    # a packed step's time counts in full for each of its chunks' stages
-            seq = chunk.seq
             stage = STAGE_OF_KIND[chunk.kind]
-            seq.seconds[stage] = seq.seconds.get(stage, 0.0) + elapsed
-            num_rows = chunk.num_slots if chunk.prompt_idx is not None else int(chunk.sample)
-            if not num_rows:
-                continue
-            rows, row = logits[row:row + num_rows], row + num_rows      # this chunk's logit rows
-            try:
-                if chunk.prompt_idx is not None:
-                    seq.record_prompt_logprobs(chunk, rows)
-                if chunk.sample:
-                    token, lp = sample_token(rows[-1], seq.params, seq.generator)
-                    seq.append_token(token, lp, self.llm.loaded.eos_token_ids)
-                    result.new_tokens.setdefault(seq.request_id, []).append(token)
-            except Exception as exc:
-                seq.fail(f"{type(exc).__name__} while sampling: {exc}", "server_error")
+            chunk.seq.seconds[stage] = chunk.seq.seconds.get(stage, 0.0) + (t2 - t1)
+        if logits is not None:
+            self._sample(chunks, logits, result)
+        self._fail(ahead, "while encoding frames", "bad_request")
+        result.seconds["sample"] = time.perf_counter() - t2
 
-    def _memory_of(self, seq: Sequence) -> VideoMemory:
-        """The VideoMemory of a finished encode job: its table (prefix + VSTs) changes owner."""
-        seq.visual.close()
-        visual = seq.visual
-        num_tokens = getattr(visual, "total_tokens", visual.num_tokens)     # a stream's: all frames so far
-        return VideoMemory(self.llm.model_fingerprint, seq.prompt_ids[:seq.placeholder_idx], seq.ratio,
-                           getattr(visual, "num_frames", None) or 0, num_tokens, seq.num_vst, seq.kept_len,
-                           kv_cache=self.kv_cache, table=seq.table)
+    def _sample(self, chunks: list[Chunk], logits: torch.Tensor, result: StepOutput) -> None:
+        """The step's one sampling pass (one device-to-host read), then each chunk's bookkeeping."""
+        rows_of = [c.logit_rows() for c in chunks]
+        try:
+            tokens, logprobs = sample_rows(logits, [r for rows in rows_of for r in rows])
+        except Exception as exc:
+            for seq in {id(c.seq): c.seq for c in chunks}.values():
+                seq.fail(f"{type(exc).__name__} while sampling: {exc}", "server_error")
+            return
+        start = 0
+        for chunk, rows in zip(chunks, rows_of):
+            seq, end = chunk.seq, start + len(rows)
+            if chunk.prompt_idx is not None:
+                seq.record_prompt_logprobs(chunk, logprobs[start:end])
+            if chunk.sample:
+                seq.append_token(tokens[end - 1], logprobs[end - 1], self.loaded.eos_token_ids)
+                result.new_tokens.setdefault(seq.request_id, []).append(tokens[end - 1])
+            start = end
+
+    @staticmethod
+    def _fail(failed: list[tuple[Sequence, Exception]], where: str, error_type: str) -> None:
+        for seq, exc in failed:
+            if not seq.is_finished:
+                seq.fail(f"{type(exc).__name__} {where}: {exc}", error_type)
 
     def forward(self, chunks: list[Chunk]) -> torch.Tensor | None:
         """runner.run inside one NVTX range per kind of chunk in the step: "windows" (the layers over the
         step's visual windows), "text-prefill", "decode"; a mixed step nests its ranges."""
         with contextlib.ExitStack() as ranges:
             for kind in sorted({c.kind for c in chunks}):
-                ranges.enter_context(self.llm.annotate(RANGE_OF_KIND[kind]))
+                ranges.enter_context(self.annotate(RANGE_OF_KIND[kind]))
             return self.runner.run(chunks)
 
     # -- outputs -----------------------------------------------------------------------------------
+    def _final_output(self, seq: Sequence) -> RequestOutput | EncodeResult:
+        """Release what an ended sequence holds (an encode job's pages become its VideoMemory) and build
+        its output."""
+        if not seq.is_encode_job:
+            seq.release()
+            return self.output(seq)
+        if seq.finish_reason != "stop":
+            seq.release()
+            return EncodeResult(seq.request_id, error=seq.error, error_type=seq.error_type)
+        seq.visual.close()
+        visual = seq.visual
+        memory = VideoMemory(self.model_fingerprint, seq.prompt_ids[:seq.placeholder_idx], seq.ratio,
+                             visual.num_frames or 0, visual.total_tokens, seq.num_vst, seq.kept_len,
+                             kv_cache=self.kv_cache, table=seq.table)
+        return EncodeResult(seq.request_id, memory=memory)
+
     def output(self, seq: Sequence) -> RequestOutput:
-        llm = self.llm
         ids = seq.output_ids
         text = ""
-        if llm.tokenizer is not None and ids:
+        if self.tokenizer is not None and ids:
             shown = ids[:-1] if seq.finish_reason == "stop" else ids
-            text = llm.tokenizer.decode(shown, skip_special_tokens=True)
+            text = self.tokenizer.decode(shown, skip_special_tokens=True)
         visual = seq.visual
         seconds = dict(seq.seconds)
         if visual is not None:
             seconds.update(visual.seconds)
         num_kept = seq.num_kept_after_prefill or 0
-        rates = {}
-        if seconds.get("decode_video"):
-            rates = {"decode_fps": (getattr(visual, "num_frames", 0) or 0) / seconds["decode_video"]}
-        page_bytes = self.kv_cache.page_size * llm.bytes_per_token
-        metrics = {"num_frames": getattr(visual, "num_frames", None) or 0,
-                   "num_visual_tokens": getattr(visual, "total_tokens", visual.num_tokens) if visual is not None else 0,
+        num_frames = (visual.num_frames or 0) if visual is not None else 0
+        rates = {"decode_fps": num_frames / seconds["decode_video"]} if seconds.get("decode_video") else {}
+        page_bytes = self.kv_cache.page_size * self.bytes_per_token
+        source = getattr(visual, "source", None)        # a video file's reader names its decoder
+        metrics = {"num_frames": num_frames,
+                   "num_visual_tokens": visual.total_tokens if visual is not None else 0,
                    "num_vst_tokens": seq.num_vst, "num_kept_tokens": num_kept,
-                   "kept_kv_bytes": num_kept * llm.bytes_per_token, "compression_ratio": seq.ratio,
+                   "kept_kv_bytes": num_kept * self.bytes_per_token, "compression_ratio": seq.ratio,
                    "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),
                    # block tables only grow while a request lives: its final length is the most pages it
                    # held at once (pages shared with a VideoMemory included)
                    "peak_kv_bytes": len(seq.table.pages) * page_bytes, **rates,
-                   "video_decoder": getattr(getattr(visual, "source", None), "decoder", None), "seconds": seconds}
-        return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason,
-                             seq.error, metrics, seq.error_type, seq.prompt_logprobs)
+                   "video_decoder": getattr(source, "decoder", None), "seconds": seconds}
+        return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason, seq.error,
+                             metrics, seq.error_type, seq.prompt_logprobs)

@@ -14,7 +14,7 @@ import torch
 from vxl.config import IMAGE_TOKEN_INDEX, EngineConfig, ModelConfig
 from vxl.engine.request import Request
 from vxl.engine.sampler import SamplingParams
-from vxl.engine.visual import EmbedsTokens, VideoTokens
+from vxl.engine.visual import EmbedsTokens, PrecomputedTokens, VideoTokens
 from vxl.engine.vst import count_vst, max_usable_ratio
 from vxl.model.clip_configs import ImageProcessorConfig
 
@@ -59,11 +59,14 @@ class PreparedRequest:
         return text + vst + params.max_tokens
 
 
-class MemoryVisual:
-    """Metrics view of a request answered from a VideoMemory (no frames are decoded)."""
+class MemoryVisual(PrecomputedTokens):
+    """Metrics view of a request answered from a VideoMemory (no frames are decoded, no token is taken)."""
 
     def __init__(self, memory):
         self.num_frames, self.num_tokens, self.seconds = memory.num_frames, memory.num_visual_tokens, {}
+
+    def take(self, n: int) -> torch.Tensor:
+        raise RuntimeError("a video memory's visual tokens are encoded already")
 
     def close(self) -> None:
         pass
@@ -247,9 +250,10 @@ def open_visual(ctx: InputContext, req: Request, ratio: int):
     return visual
 
 
-def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | None = None) -> PreparedRequest:
+def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | None = None,
+                    is_encode_job: bool = False) -> PreparedRequest:
     """Validate `req` (and, given, its sampling params against the model) and open its visual input;
-    a `RequestError` names the first problem found."""
+    a `RequestError` names the first problem found. An encode job's prompt ends at the placeholder."""
     cfg = ctx.config
     rid = str(req.request_id) if req.request_id is not None else None
     sources = [n for n in ("video", "image", "images", "visual_embeds", "video_memory") if getattr(req, n) is not None]
@@ -274,14 +278,14 @@ def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | No
         raise RequestError("the prompt has a video placeholder but the request gives no video or visual_embeds")
     if placeholder is None and sources:
         raise RequestError(f"the request gives {sources[0]} but prompt_token_ids has no placeholder ({IMAGE_TOKEN_INDEX})")
-    if placeholder is not None and placeholder == len(ids) - 1:
+    if placeholder is not None and placeholder == len(ids) - 1 and not is_encode_job:
         raise RequestError("the prompt needs at least one token after the video placeholder")
     if req.video_memory is not None:
         return memory_request(req, ids, placeholder)
     ratio = check_ratio(req.compression_ratio if req.compression_ratio is not None else cfg.default_ratio)
     visual = open_visual(ctx, req, ratio)
     cap = ctx.engine_config.max_frames
-    frames = getattr(visual, "num_frames", None) or 0
+    frames = (visual.num_frames or 0) if visual is not None else 0
     if cap is not None and req.video is not None and frames > cap:
         visual.close()
         raise RequestError(f"the video gives {frames} frames, over the engine's max_frames ({cap}); ask for "

@@ -6,20 +6,12 @@ import torch
 from tqdm.auto import tqdm
 
 from vxl.config import EngineConfig
-from vxl.config import IMAGE_TOKEN_INDEX
 from vxl.engine.core import EngineCore, StepOutput
-from vxl.engine.inputs import (check_ratio, check_token_ids, prompt_ids_from_text, visual_from_embeds,
-                               visual_from_images, visual_from_video)
-from vxl.engine.kv_cache import KVCache, OutOfPages
 from vxl.engine.request import Request, RequestOutput
-from vxl.engine.cuda_graphs import DecodeGraphs
-from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Sequence
 from vxl.engine.stream import VideoStream
-from vxl.engine.video_memory import VideoMemory, model_fingerprint
-from vxl.engine.vst import window_lengths
-from vxl.kernels import get_backend
+from vxl.engine.video_memory import VideoMemory
 from vxl.model.loader import LoadedModel
 from vxl.model.registry import builtin_model_names, load_model
 
@@ -50,7 +42,13 @@ class LLM:
     nearest keyframes instead of exact uniform indices: much faster decoding, slightly uneven spacing).
     Per-request caps, checked before any frame is decoded (None: none): max_frames, max_images,
     max_prompt_tokens, max_image_pixels (default 2**27; an image's size is read from its file's header
-    before it is decoded); max_logprobs caps SamplingParams.logprobs.
+    before it is decoded); max_logprobs caps SamplingParams.logprobs. Scheduling: max_num_seqs (sequences
+    running at once), max_vision_frames (frames CLIP encodes per step, batched over requests; None: 8
+    windows' worth), vision_overlap (encode the next windows on a side stream during the LLM forward; None:
+    on CUDA).
+
+    The engine itself is `self.core` (`vxl.engine.core.EngineCore`), built from `self.engine_config` and
+    the loaded model; this class loads the model, fills in defaults and runs calls to completion.
     """
 
     def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
@@ -58,7 +56,9 @@ class LLM:
                  max_batch_tokens: int = 8192, text_chunk_size: int | None = None, video_decode_workers: int = 1,
                  keyframe_snap: bool = False, seed: int = 0, max_logprobs: int | None = None,
                  max_frames: int | None = None, max_images: int | None = None, max_prompt_tokens: int | None = None,
-                 max_image_pixels: int | None = EngineConfig.max_image_pixels, cuda_graphs: bool = False):
+                 max_image_pixels: int | None = EngineConfig.max_image_pixels, cuda_graphs: bool = False,
+                 max_num_seqs: int = EngineConfig.max_num_seqs, max_vision_frames: int | None = None,
+                 vision_overlap: bool | None = None):
         if not isinstance(model, (str, LoadedModel)):
             raise TypeError(f"model must be a built-in name ({', '.join(builtin_model_names())}), a checkpoint "
                             f"directory or a LoadedModel, not {type(model).__name__}")
@@ -67,31 +67,33 @@ class LLM:
             raise ValueError(f"device {device!r} was asked for but CUDA is not available (torch {torch.__version__})")
         self.dtype = resolve_dtype(dtype, self.device)
         backend = attention_backend or ("triton" if self.device.type == "cuda" else "torch")
-        self.engine_config = EngineConfig(str(self.device), str(self.dtype), backend, page_size, num_pages,
-                                          kv_cache_bytes, max_batch_tokens, text_chunk_size, video_decode_workers,
-                                          keyframe_snap, max_logprobs, max_frames=max_frames, max_images=max_images,
-                                          max_prompt_tokens=max_prompt_tokens, max_image_pixels=max_image_pixels,
-                                          cuda_graphs=bool(cuda_graphs))
+        self.engine_config = EngineConfig(
+            device=str(self.device), dtype=str(self.dtype), attention_backend=backend, page_size=page_size,
+            num_pages=num_pages, kv_cache_bytes=kv_cache_bytes, max_batch_tokens=max_batch_tokens,
+            text_chunk_size=text_chunk_size, video_decode_workers=video_decode_workers, keyframe_snap=keyframe_snap,
+            max_logprobs=max_logprobs, max_frames=max_frames, max_images=max_images,
+            max_prompt_tokens=max_prompt_tokens, max_image_pixels=max_image_pixels, cuda_graphs=bool(cuda_graphs),
+            seed=seed, max_num_seqs=max_num_seqs, max_vision_frames=max_vision_frames, vision_overlap=vision_overlap)
         self.engine_config.validate()
-        self.ops = get_backend(backend)
         self.loaded = self._load(model, seed)
+        self.core = EngineCore(self.engine_config, self.loaded, annotate=nvtx.annotate)
+        # read-only views of what the core owns, for callers of the model side
         self.model, self.config, self.tokenizer = self.loaded.model, self.loaded.config, self.loaded.tokenizer
-        self.bytes_per_token = self.config.bytes_per_token(self.dtype.itemsize)
-        if num_pages is None:
-            num_pages = max(1, self._kv_budget(kv_cache_bytes) // (page_size * self.bytes_per_token))
-        cfg = self.config
-        self.kv_cache = KVCache(cfg.num_hidden_layers, num_pages, page_size, cfg.num_key_value_heads, cfg.head_dim,
-                                self.dtype, self.device)
-        self.block_manager = self.kv_cache.pool      # the page pool (its `check()` verifies the invariants)
-        self.runner = ModelRunner(self.model, self.ops, self.kv_cache)
-        if cuda_graphs:
-            self.runner.graphs = DecodeGraphs(self.runner)
-        self.seed = seed
-        self.model_fingerprint = model_fingerprint(self.model, self.config)
-        # NVTX ranges (no-ops without a profiler): decode-video, vision, windows, text-prefill, decode.
-        # Any callable name -> context manager will do (tests record the ranges with one).
-        self.annotate = nvtx.annotate
-        self.core = EngineCore(self)
+        self.bytes_per_token = self.core.bytes_per_token
+        self.model_fingerprint = self.core.model_fingerprint
+
+    @property
+    def kv_cache(self):
+        return self.core.kv_cache
+
+    @property
+    def block_manager(self):
+        """The page pool (its `check()` verifies the invariants)."""
+        return self.core.kv_cache.pool
+
+    @property
+    def runner(self):
+        return self.core.runner
 
     def _load(self, model, seed: int) -> LoadedModel:
         if isinstance(model, LoadedModel):     # an already built model (benchmarks reuse one across pools)
@@ -102,23 +104,8 @@ class LLM:
             return model
         return load_model(model, self.device, self.dtype, seed)
 
-    def _kv_budget(self, kv_cache_bytes: int | None) -> int:
-        if kv_cache_bytes is not None:
-            return kv_cache_bytes
-        if self.device.type == "cuda":   # all free memory but one step's work space and a reserve
-            from vxl.engine.planner import GiB, workspace_bytes
-            free, _ = torch.cuda.mem_get_info(self.device)
-            clip = self.model.model.vision_tower.clip_config if self.model.has_vision else None
-            work = workspace_bytes(self.config, clip, 1, self.dtype.itemsize, self.engine_config.max_batch_tokens,
-                                   self.engine_config.attention_backend, 0)
-            return max(0, int(free - 2 * work - GiB))
-        return 256 * 2**20
-
     def kv_cache_usage(self) -> dict:
-        bm = self.block_manager
-        return {"num_pages": bm.num_pages, "num_free_pages": bm.num_free_pages, "num_used_pages":
-                bm.num_pages - bm.num_free_pages, "page_size": bm.page_size, "bytes_per_token": self.bytes_per_token,
-                "total_bytes": bm.num_pages * bm.page_size * self.bytes_per_token}
+        return self.core.kv_cache_usage()
 
     # -- the engine core (DESIGN section 7): requests that join a running engine ----------------------
     def add_request(self, request, sampling_params: SamplingParams | None = None) -> str:
@@ -142,7 +129,7 @@ class LLM:
         {"prompt": q, "video_stream": stream}, `watch` a standing question, `close()` to return its pages.
         max_kept_frames=N keeps only the prefix and about the last N frames' VSTs (bounded memory; not the
         released model's regime: see bench/README.md); None keeps everything (exact)."""
-        return VideoStream(self, compression_ratio, prefix_token_ids, max_queued_windows, max_kept_frames)
+        return VideoStream(self.core, compression_ratio, prefix_token_ids, max_queued_windows, max_kept_frames)
 
     def generate(self, requests, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
@@ -156,15 +143,15 @@ class LLM:
         if len(params) != len(requests):
             raise ValueError(f"{len(params)} sampling params for {len(requests)} requests")
         with self.core.lock:        # one call at a time: its requests share the pool with nothing unplanned
-            handles = [self.core.add(req, p, i, default_id=str(i)) for i, (req, p) in enumerate(zip(requests, params))]
+            handles = [self.core.add(req, p, index=i, default_id=str(i))
+                       for i, (req, p) in enumerate(zip(requests, params))]
             try:
                 pool_peak_pages = self._run(handles, use_tqdm)
             finally:                # an interrupted call leaves nothing behind: every page returns
                 for handle in handles:
-                    if isinstance(handle, Sequence) and handle.output is None:
-                        self.core.abort_sequence(handle)
+                    self.core.abort_handle(handle)
         outputs = [h.output for h in handles]
-        pool_peak_bytes = pool_peak_pages * self.block_manager.page_size * self.bytes_per_token
+        pool_peak_bytes = pool_peak_pages * self.core.page_size * self.bytes_per_token
         for out in outputs:         # known only once the call ends; requests rejected before admission lack it
             if "peak_kv_bytes" in out.metrics:
                 out.metrics["pool_peak_kv_bytes"] = pool_peak_bytes
@@ -172,10 +159,8 @@ class LLM:
 
     def _run(self, handles: list, use_tqdm: bool) -> int:
         """Steps until every request of the call ends; returns the most pages the pool had in use at once."""
-        bm = self.block_manager
-        peak_pages = bm.num_pages - bm.num_free_pages
-        num_windows = sum(len(window_lengths(h.visual.num_tokens, self.config.beacon_window)) for h in handles
-                          if isinstance(h, Sequence) and h.visual is not None and h.memory is None)
+        peak_pages = self.core.kv_cache_usage()["num_used_pages"]
+        num_windows = sum(h.num_prefill_windows for h in handles if isinstance(h, Sequence))
         # one request: no requests bar, only its windows bar (long videos)
         bar = tqdm(total=len(handles), desc="requests", disable=not use_tqdm or len(handles) < 2)
         windows_bar = tqdm(total=num_windows, desc="windows", leave=False, disable=not use_tqdm or num_windows < 20)
@@ -202,7 +187,9 @@ class LLM:
         The visual input is one of `video`, `visual_embeds`, `image` (anyres tiles) or `images` (one frame
         each), as in a request; num_frames applies to video only. The prefix is the chat template's text
         before the video, or `prefix_token_ids` (models without a tokenizer). Its pages count as used in
-        kv_cache_usage() until `mem.release()`.
+        kv_cache_usage() until `mem.release()`. The encoding is an engine job (`EngineCore.encode`): other
+        requests on the engine advance in the same steps. A bad input or a KV cache too small raises
+        ValueError.
         """
         given = [n for n, v in (("video", video), ("visual_embeds", visual_embeds), ("image", image),
                                 ("images", images)) if v is not None]
@@ -210,29 +197,20 @@ class LLM:
             raise ValueError(f"give exactly one of video, visual_embeds, image and images, not {given or 'none'}")
         if num_frames is not None and given[0] != "video":
             raise ValueError(f"num_frames applies to video only, not to {given[0]}")
-        if prefix_token_ids is None:
-            ids = prompt_ids_from_text(self.tokenizer, "", True)
-            prefix_token_ids = ids[:ids.index(IMAGE_TOKEN_INDEX)]
-        prefix = check_token_ids(prefix_token_ids, self.config.vocab_size)
-        ratio = check_ratio(compression_ratio if compression_ratio is not None else self.config.default_ratio)
-        if visual_embeds is not None:
-            visual = visual_from_embeds(visual_embeds, self.config.hidden_size, self.device, self.dtype)
-        elif video is not None:
-            visual = visual_from_video(self.core.input_context(), video, num_frames)
-        else:
-            visual = visual_from_images(self.core.input_context(), image, images)
-        window = self.config.beacon_window
-        seq = Sequence(0, "encode", prefix + [IMAGE_TOKEN_INDEX], len(prefix), visual, ratio, SamplingParams(),
-                       self.kv_cache.new_table(), window, self.engine_config.text_chunk_size or window, None)
+        request = {given[0]: {"video": video, "visual_embeds": visual_embeds, "image": image, "images": images}[given[0]],
+                   "num_frames": num_frames, "compression_ratio": compression_ratio}
+        job = self.core.encode(request, prefix_token_ids=prefix_token_ids)
+        bar = tqdm(total=job.num_prefill_windows if isinstance(job, Sequence) else 0, desc="windows",
+                   disable=not use_tqdm)
         try:
-            with self.core.lock, torch.inference_mode():
-                for chunk in tqdm(seq.prefill, desc="windows", disable=not use_tqdm):
-                    self.core.forward([chunk])
-        except OutOfPages as exc:
-            seq.release()
-            raise ValueError(f"the KV cache is too small for this video: {exc}") from None
-        except BaseException:
-            seq.release()
-            raise
-        return VideoMemory(self.model_fingerprint, prefix, ratio, visual.num_frames or 0, visual.num_tokens,
-                           seq.num_vst, seq.kept_len, kv_cache=self.kv_cache, table=seq.table)
+            while job.output is None:
+                bar.update(self.core.step().num_windows)
+        finally:
+            bar.close()
+            self.core.abort_handle(job)     # only if interrupted before it ended
+        result = job.output
+        if result.memory is None:
+            if "kept tokens" in (result.error or ""):
+                raise ValueError(f"the KV cache is too small for this video: {result.error}")
+            raise ValueError(result.error)
+        return result.memory

@@ -71,8 +71,10 @@ def parameter_bytes(cfg: ModelConfig, clip: CLIPVisionConfig | None, dtype_bytes
 
 
 def workspace_bytes(cfg: ModelConfig, clip: CLIPVisionConfig | None, ratio: int, dtype_bytes: int,
-                    max_batch_tokens: int, attention_backend: str, max_kept_tokens: int) -> int:
-    """Largest live activations of one step, estimated from the shapes involved."""
+                    max_batch_tokens: int, attention_backend: str, max_kept_tokens: int,
+                    vision_frames: int | None = None, overlap: bool = False) -> int:
+    """Largest live activations of one step, estimated from the shapes involved: the vision stage encodes
+    `vision_frames` frames at once (default one window's), alongside the LLM forward when `overlap`."""
     rows = min(max_batch_tokens, cfg.beacon_window + cfg.beacon_window // ratio)
     hd, nh, nkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
     per_row = 4 * cfg.hidden_size + (nh + 2 * nkv) * hd + 3 * cfg.intermediate_size
@@ -82,14 +84,15 @@ def workspace_bytes(cfg: ModelConfig, clip: CLIPVisionConfig | None, ratio: int,
         scores = nh * rows * (rows + max_kept_tokens) * 4 * 2
     vision = 0
     if clip is not None:
-        frames = -(-cfg.beacon_window // tokens_per_frame(clip, cfg.mm_spatial_pool_stride))
+        frames = vision_frames or -(-cfg.beacon_window // tokens_per_frame(clip, cfg.mm_spatial_pool_stride))
         seq = num_patches(clip) + 1                                                       # + CLS
         vision = frames * seq * (6 * clip.hidden_size + 2 * clip.intermediate_size) * dtype_bytes
         vision += frames * seq * seq * clip.num_attention_heads * dtype_bytes              # attention scores
         vision += frames * (seq - 1) * cfg.hidden_size * 2 * dtype_bytes                     # projector
         vision += 3 * frames * 3 * clip.image_size ** 2 * 4                                   # pixel chunks queued
-    # vision and the LLM window run one after the other; counting the scores on top is an upper bound
-    return int(max(llm, vision) + scores)
+    # vision and the LLM window run one after the other, or at once on two streams; counting the scores on
+    # top is an upper bound
+    return int((llm + vision if overlap else max(llm, vision)) + scores)
 
 
 def plan_memory(cfg: ModelConfig, clip: CLIPVisionConfig | None, memory_bytes: int, ratio: int,

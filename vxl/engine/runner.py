@@ -118,7 +118,7 @@ class ModelRunner:
                 ids += c.token_ids
                 num_inputs.append(n)
             else:
-                is_vst.append((row - n, _host_is_vst(c)))
+                is_vst.append((row - n, c.is_vst()))
                 num_inputs.append(c.num_inputs)
         is_vst = _scatter_flags(row, is_vst)
         lens_np, kept_np = np.array(lens, dtype=np.int64), np.array(kept, dtype=np.int64)
@@ -187,15 +187,6 @@ def _advance(chunks: list[Chunk]) -> None:
     """Count each chunk's kept rows in its sequence's table (after the forward that stored them)."""
     for c in chunks:
         c.seq.table.num_tokens += c.num_kept
-
-
-def _host_is_vst(chunk: Chunk) -> np.ndarray:
-    """A window's is_vst on the host: its own tensor when that lives on the CPU, else the interleave rule
-    it was made by (`vxl.engine.vst.interleave`), so a window on the GPU costs no read-back."""
-    if chunk.is_vst.device.type == "cpu":
-        return chunk.is_vst.numpy()
-    ratio, slots = chunk.ratio, np.arange(chunk.num_slots)
-    return slots % (ratio + 1) == ratio - chunk.rem if ratio > 0 else np.zeros(chunk.num_slots, dtype=bool)
 
 
 def _scatter_flags(num_rows: int, windows: list[tuple[int, np.ndarray]]) -> np.ndarray:

@@ -98,52 +98,109 @@ class SamplingParams:
         return self.temperature < MIN_TEMPERATURE
 
 
+def filter_logits_batch(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask each row of logits [N, V] outside its top-k (top_k [N] long, 0 = off; ties with the k-th value
+    stay) and outside the smallest nucleus of mass >= top_p (top_p [N] float32, 1 = off), as -inf."""
+    vocab = logits.shape[-1]
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)                # (N, V)
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    kth = sorted_logits.gather(1, (k - 1)[:, None])                                    # (N, 1)
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # drop a token when the mass before it already reaches top_p (the top token always stays: a top_p below
+    # float32's smallest number compares equal to 0)
+    drop = (probs.cumsum(-1) - probs) >= top_p[:, None]
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask [V] logits outside the top-k and outside the smallest nucleus of mass >= top_p."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the mass before it already reaches top_p (the top token always stays)
-        drop = (probs.cumsum(-1) - probs) >= top_p
-        drop[0] = False                     # a top_p below float32's smallest number compares equal to 0
-        logits = logits.clone()
-        logits[order[drop]] = float("-inf")
-    return logits
+    return filter_logits_batch(logits[None], torch.tensor([top_k], device=logits.device),
+                               torch.tensor([top_p], dtype=torch.float32, device=logits.device))[0]
+
+
+@dataclass(frozen=True)
+class LogitRow:
+    """What one row of a step's logits is for. A sampled row (`params` set) draws its next token with its
+    own `generator` (non-greedy params); a scored prompt row (`target` set) reports the logprob of the
+    prompt token that follows it. `logprobs` = k: the row's top-k logprobs plus the chosen token's."""
+    logprobs: int | None = None
+    params: SamplingParams | None = None
+    generator: torch.Generator | None = None
+    target: int | None = None
+
+
+def sample_rows(logits: torch.Tensor, rows: list[LogitRow]) -> tuple[list[int], list[dict[int, float] | None]]:
+    """One sampling pass over a step's logits [R, V] float32 (one `LogitRow` each): greedy rows take the
+    argmax, random rows draw by the exponential race (argmax of probs / q, q ~ Exp(1) from the row's own
+    generator, so a seeded row draws the same token alone or in any batch), scored rows keep their target.
+    Everything stays on the logits' device until one device-to-host copy of the packed results.
+    -> (token per row, per row None or {token id: logprob} of its top-k and its chosen token)."""
+    num_rows, vocab = logits.shape
+    device = logits.device
+    tokens = torch.argmax(logits, dim=-1)                                               # (R,) greedy
+    scored = [i for i, r in enumerate(rows) if r.target is not None]
+    if scored:
+        tokens[_on(scored, device)] = _on([rows[i].target for i in scored], device)
+    drawn = [i for i, r in enumerate(rows) if r.params is not None and not r.params.is_greedy]
+    if drawn:
+        drawn_idx = _on(drawn, device)
+        tokens[drawn_idx] = _draw(logits[drawn_idx], [rows[i] for i in drawn])
+    reported = [i for i, r in enumerate(rows) if r.logprobs is not None]
+    max_k = min(max((rows[i].logprobs for i in reported), default=0), vocab)
+    parts = [tokens.to(torch.float64)]
+    if reported:
+        reported_idx = _on(reported, device)
+        lp = torch.log_softmax(logits[reported_idx], dim=-1)                               # (n, V)
+        parts.append(lp.gather(1, tokens[reported_idx][:, None])[:, 0].to(torch.float64))  # chosen (n,)
+        if max_k:
+            top = torch.topk(lp, max_k, dim=-1)                                             # (n, k)
+            parts += [top.indices.flatten().to(torch.float64), top.values.flatten().to(torch.float64)]
+    host = to_host(torch.cat(parts)).tolist()              # the pass's one device-to-host read
+    token_list = [int(t) for t in host[:num_rows]]
+    logprobs: list[dict[int, float] | None] = [None] * num_rows
+    n = len(reported)
+    chosen = host[num_rows:num_rows + n]
+    top_ids = host[num_rows + n:num_rows + n + n * max_k]
+    top_lp = host[num_rows + n + n * max_k:]
+    for j, i in enumerate(reported):
+        k = min(rows[i].logprobs, vocab)
+        entry = {int(t): v for t, v in zip(top_ids[j * max_k:j * max_k + k], top_lp[j * max_k:j * max_k + k])}
+        entry[token_list[i]] = chosen[j]
+        logprobs[i] = entry
+    return token_list, logprobs
+
+
+def _draw(logits: torch.Tensor, rows: list[LogitRow]) -> torch.Tensor:
+    """Tokens [n] drawn from logits [n, V] with each row's temperature, top-k, top-p and generator."""
+    device = logits.device
+    temps = _on([r.params.temperature for r in rows], device, torch.float32)
+    logits = logits / temps[:, None]
+    if any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows):
+        top_k = _on([r.params.top_k for r in rows], device)
+        top_p = _on([r.params.top_p for r in rows], device, torch.float32)
+        logits = filter_logits_batch(logits, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)                                                  # (n, V)
+    q = torch.stack([torch.empty(probs.shape[1], device=device).exponential_(generator=r.generator)
+                     for r in rows])
+    return torch.argmax(probs / q.clamp_min_(torch.finfo(q.dtype).tiny), dim=-1)
+
+
+def _on(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A small host list as a tensor on `device`, copied without waiting (no synchronising call)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """The copy of a sampling pass's packed results to the host (its one device-to-host read)."""
+    return t.cpu()
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams,
                  generator: torch.Generator | None) -> tuple[int, dict[int, float] | None]:
-    """logits [V] float32 -> (token id, top-`logprobs` logprobs plus the chosen token's, or None)."""
-    if params.is_greedy:
-        token = int(torch.argmax(logits))
-    else:
-        probs = torch.softmax(filter_logits(logits / params.temperature, params.top_k, params.top_p), dim=-1)
-        token = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-    logprobs = None
-    if params.logprobs is not None:
-        lp = torch.log_softmax(logits, dim=-1)
-        top = torch.topk(lp, min(params.logprobs, lp.shape[-1]))
-        logprobs = {int(i): float(v) for i, v in zip(top.indices, top.values)}
-        logprobs[token] = float(lp[token])
-    return token, logprobs
-
-
-def prompt_token_logprobs(logits: torch.Tensor, next_ids: list[int], k: int) -> list[dict[int, float]]:
-    """logits [n, V] float32 of n prompt rows, next_ids [n] the token each row is followed by -> per row
-    the log-softmax of its top k tokens and of its next token, as {token id: logprob}."""
-    lp = torch.log_softmax(logits, dim=-1)                                             # (n, V)
-    ids = torch.tensor(next_ids, dtype=torch.long, device=lp.device)
-    chosen = lp.gather(1, ids[:, None])[:, 0].tolist()                                 # (n,)
-    top_ids, top_lp = [[]] * len(next_ids), [[]] * len(next_ids)
-    if k > 0:
-        top = torch.topk(lp, min(k, lp.shape[-1]), dim=-1)                             # (n, k)
-        top_ids, top_lp = top.indices.tolist(), top.values.tolist()
-    out = []
-    for token, token_lp, row_ids, row_lp in zip(next_ids, chosen, top_ids, top_lp):
-        entry = dict(zip(row_ids, row_lp))
-        entry[token] = token_lp
-        out.append(entry)
-    return out
+    """logits [V] float32 -> (token id, top-`logprobs` logprobs plus the chosen token's, or None): one row
+    of `sample_rows`."""
+    tokens, logprobs = sample_rows(logits[None], [LogitRow(params.logprobs, params, generator)])
+    return tokens[0], logprobs[0]

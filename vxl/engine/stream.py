@@ -14,25 +14,35 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from vxl.config import IMAGE_TOKEN_INDEX
 from vxl.engine.inputs import RequestError, check_ratio, prompt_ids_from_text
-from vxl.engine.preprocess import preprocess_frames
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Chunk, Sequence
-from vxl.engine.vst import count_vst, interleave
+from vxl.engine.visual import PrecomputedTokens
+from vxl.engine.vst import count_vst
+
+if TYPE_CHECKING:
+    from vxl.engine.core import EngineCore
+    from vxl.engine.request import RequestOutput
+    from vxl.engine.video_memory import VideoMemory
 
 
-class Embeddings:
+class Embeddings(PrecomputedTokens):
     """Visual tokens already computed (a stream's unencoded frames), taken in order by the windows."""
 
     def __init__(self, tokens: torch.Tensor, num_frames: int, total_tokens: int):
         self._tokens, self.num_tokens, self.num_frames = tokens, tokens.shape[0], num_frames
-        self.total_tokens = total_tokens        # the stream's visual tokens so far (for metrics)
+        self._total_tokens = total_tokens       # the stream's visual tokens so far (for metrics)
         self.seconds: dict[str, float] = {}
+
+    @property
+    def total_tokens(self) -> int:
+        return self._total_tokens
 
     def take(self, n: int) -> torch.Tensor:
         out, self._tokens = self._tokens[:n], self._tokens[n:]
@@ -46,44 +56,44 @@ class StreamEncoder(Sequence):
     """The engine-side sequence of a stream: its prefix, then each full window as soon as it is queued.
     It never samples and never finishes on its own; closing the stream ends it."""
 
-    def __init__(self, stream: "VideoStream", index: int, table, window: int, text_chunk: int):
-        super().__init__(index, stream.stream_id, stream.prefix_ids + [IMAGE_TOKEN_INDEX], len(stream.prefix_ids),
-                         None, stream.ratio, SamplingParams(max_tokens=1), table, window, text_chunk, None)
+    def __init__(self, stream: "VideoStream", table, window: int, text_chunk: int):
+        super().__init__(index=0, request_id=stream.stream_id, prompt_ids=stream.prefix_ids + [IMAGE_TOKEN_INDEX],
+                         placeholder_idx=len(stream.prefix_ids), visual=None, ratio=stream.ratio,
+                         params=SamplingParams(max_tokens=1), table=table, window=window, text_chunk=text_chunk,
+                         generator=None)
         self.stream = stream
-        self._prefix = self._text_chunks(0, len(stream.prefix_ids), False)
-        self.rem = 0
         self.num_windows = 0                        # windows handed to the engine (encoded once their step ran)
 
-    def next_chunk(self) -> Chunk | None:
-        chunk = next(self._prefix, None)
-        if chunk is not None:
-            return chunk
-        tokens = self.stream._pop_window()
-        if tokens is None:
-            return None                             # nothing to encode this step
-        self.stream._forget_old_vsts()
-        is_vst, next_rem = interleave(tokens.shape[0], self.ratio, self.rem)
-        nb = is_vst.shape[0] - tokens.shape[0]
-        self.stream._reserve(self.kept_len + nb)
-        chunk = Chunk(self, "window", nb, False, embeds=tokens, is_vst=is_vst.to(tokens.device), ratio=self.ratio,
-                      rem=self.rem)
-        self.rem, self.num_vst, self.num_windows = next_rem, self.num_vst + nb, self.num_windows + 1
+    def next_chunk(self, max_rows: int, max_frames: int | None = None) -> Chunk | None:
+        num_prefix = len(self.stream.prefix_ids)
+        if (self._pos or 0) < num_prefix:           # the prefix first, in text chunks
+            return self._text_chunk(0, num_prefix, False, max_rows)
+        num_raw = self.stream.queued_window_size()
+        if num_raw is None or num_raw + (num_raw + self.rem) // self.ratio > max_rows:
+            return None                             # nothing to encode, or no room in this step
+        tokens = self.stream.pop_window()
+        self.stream.forget_old_vsts()
+        num_vst = (num_raw + self.rem) // self.ratio
+        self.stream.reserve(self.kept_len + num_vst)
+        chunk = Chunk(seq=self, kind="window", num_kept=num_vst, sample=False, num_raw=num_raw, embeds=tokens,
+                      ratio=self.ratio, rem=self.rem)
+        self.rem = (num_raw + self.rem) % self.ratio
+        self.num_vst, self.num_windows = self.num_vst + num_vst, self.num_windows + 1
         return chunk
 
 
 class VideoStream:
-    """A live video on one engine. Made by `LLM.open_stream`; see the module docstring."""
+    """A live video on one engine core. Made by `LLM.open_stream`; see the module docstring."""
 
-    def __init__(self, llm, compression_ratio: int | None = None, prefix_token_ids: list[int] | None = None,
-                 max_queued_windows: int = 2, max_kept_frames: int | None = None):
-        self.llm, self.core = llm, llm.core
-        if not llm.model.has_vision:
+    def __init__(self, core: "EngineCore", compression_ratio: int | None = None,
+                 prefix_token_ids: list[int] | None = None, max_queued_windows: int = 2,
+                 max_kept_frames: int | None = None):
+        self.core = core
+        if not core.model.has_vision:
             raise ValueError("this checkpoint has no vision tower: streams need one")
-        self.ratio = check_ratio(compression_ratio if compression_ratio is not None else llm.config.default_ratio)
-        if prefix_token_ids is None:
-            ids = prompt_ids_from_text(llm.tokenizer, "", True)
-            prefix_token_ids = ids[:ids.index(IMAGE_TOKEN_INDEX)]
-        self.prefix_ids = list(prefix_token_ids)
+        cfg = core.model_config
+        self.ratio = check_ratio(compression_ratio if compression_ratio is not None else cfg.default_ratio)
+        self.prefix_ids = list(prefix_token_ids) if prefix_token_ids is not None else core.default_prefix()
         if not isinstance(max_queued_windows, int) or max_queued_windows < 0:
             raise ValueError(f"max_queued_windows must be an int >= 0, got {max_queued_windows!r}")
         self.max_queued_windows = max_queued_windows
@@ -92,8 +102,8 @@ class VideoStream:
             raise ValueError(f"max_kept_frames must be None or an int >= 1, got {max_kept_frames!r}")
         self.max_kept_frames = max_kept_frames
         self.stream_id = "stream-" + uuid.uuid4().hex
-        self.window = llm.config.beacon_window
-        self.tokens_per_frame = llm.model.tokens_per_frame
+        self.window = cfg.beacon_window
+        self.tokens_per_frame = core.model.tokens_per_frame
         self.num_frames = 0
         self.frame_shape: tuple[int, int] | None = None
         self._queue: list[torch.Tensor] = []        # full windows of embeddings the engine has not taken yet
@@ -102,15 +112,13 @@ class VideoStream:
         self._appended = threading.Condition(self._lock)      # watchers wait for frames
         self.error: str | None = None
         self.is_closed = False
-        with self.core.lock:
-            self.encoder = StreamEncoder(self, 0, self.core.kv_cache.new_table(), self.window,
-                                         llm.engine_config.text_chunk_size or self.window)
-            self.core.scheduler.add(self.encoder, len(self.prefix_ids))
+        self.encoder = StreamEncoder(self, core.new_table(), self.window, core.text_chunk)
+        core.admit(self.encoder, len(self.prefix_ids))
         self._drain(0)                              # the prefix is encoded before the first frame
 
     def _empty(self) -> torch.Tensor:
-        return torch.empty(0, self.llm.config.hidden_size, device=self.llm.device,
-                           dtype=self.llm.model.beacon_embedding().dtype)
+        return torch.empty(0, self.core.model_config.hidden_size, device=self.core.device,
+                           dtype=self.core.model.beacon_embedding().dtype)
 
     # -- frames in ---------------------------------------------------------------------------------
     def _check_frames(self, frames) -> torch.Tensor:
@@ -134,9 +142,7 @@ class VideoStream:
         frames raise ValueError/TypeError and leave the stream as it was."""
         self._check_open()
         frames = self._check_frames(frames)
-        with torch.inference_mode():
-            pixels = preprocess_frames(frames.to(self.llm.device), self.llm.loaded.image_processor)
-            tokens = self.llm.model.encode_frames(pixels.to(self._partial.dtype))    # (T * tokens_per_frame, H)
+        tokens = self.core.encode_frames(frames)                    # (T * tokens_per_frame, H)
         with self._lock:
             self._check_open()
             if self.frame_shape is None:
@@ -163,27 +169,33 @@ class VideoStream:
             if self.encoder.is_finished and self.error is None:
                 self.error = self.encoder.error or "the stream's encoder ended"
 
-    def _pop_window(self) -> torch.Tensor | None:
+    def queued_window_size(self) -> int | None:
+        """Raw rows of the next queued window (None: none queued)."""
+        with self._lock:
+            return self._queue[0].shape[0] if self._queue else None
+
+    def pop_window(self) -> torch.Tensor | None:
+        """The next queued window's embeddings (window, H), for the stream's encoder."""
         with self._lock:
             return self._queue.pop(0) if self._queue else None
 
-    def _forget_old_vsts(self) -> None:
+    def forget_old_vsts(self) -> None:
         """With max_kept_frames: give back the pages that hold only VSTs older than about the last
         max_kept_frames frames (the prefix and its page stay; kept entries keep their positions)."""
         if self.max_kept_frames is None:
             return
-        table, ps = self.encoder.table, self.core.kv_cache.page_size
+        table, ps = self.encoder.table, self.core.page_size
         keep = -(-self.max_kept_frames * self.tokens_per_frame // self.ratio)       # VSTs of the last N frames
         first = -(-len(self.prefix_ids) // ps)                                      # first page without prefix
         droppable = (table.num_tokens - keep - first * ps) // ps
         if droppable > 0:
             table.drop_pages(first, droppable)
 
-    def _reserve(self, num_tokens: int) -> None:
+    def reserve(self, num_tokens: int) -> None:
         """Pages for the encoder's next window, or a clear error (which fails the stream alone)."""
-        pool, table = self.core.kv_cache.pool, self.encoder.table
-        need = pool.pages_for(num_tokens) - len(table.pages)
-        available = pool.num_free_pages - self.core.scheduler.outstanding_pages()
+        table = self.encoder.table
+        need = -(-num_tokens // self.core.page_size) - len(table.pages)
+        available = self.core.load()["num_reservable_pages"]
         if need > available:
             raise RequestError(f"the stream needs {need} more KV pages for its next window but only {available} "
                                f"are free; raise kv_cache_bytes or the compression ratio, or close streams")
@@ -192,7 +204,7 @@ class VideoStream:
     # -- questions ---------------------------------------------------------------------------------
     @property
     def kept_kv_bytes(self) -> int:
-        return self.encoder.kept_len * self.llm.bytes_per_token
+        return self.encoder.kept_len * self.core.bytes_per_token
 
     def snapshot(self) -> tuple:
         """(fork of the stream's pages, the carried remainder, VSTs so far, the embeddings not encoded yet)
@@ -202,35 +214,36 @@ class VideoStream:
             if self.encoder.kept_len < len(self.prefix_ids):
                 raise RequestError("the stream's prefix is not encoded yet")
             rest = torch.cat([*self._queue, self._partial])
-            table = self.core.kv_cache.fork(self.encoder.table)
+            table = self.core.fork_table(self.encoder.table)
             visual = Embeddings(rest, self.num_frames, self.num_frames * self.tokens_per_frame)
             return table, self.encoder.rem, self.encoder.num_vst, visual
 
-    def question_sequence(self, index, request_id, suffix_ids, params, generator, text_chunk, encode_only=False):
-        """A Sequence answering `suffix_ids` (the question's text after the video) over the stream now."""
+    def question_sequence(self, index: int, request_id: str, suffix_ids: list[int], params: SamplingParams,
+                          generator, text_chunk: int, is_encode_job: bool = False) -> tuple[Sequence, int]:
+        """A Sequence answering `suffix_ids` (the question's text after the video) over the stream now (an
+        encode job: no question), and its worst-case new kept tokens."""
         table, rem, num_vst, visual = self.snapshot()
-        seq = Sequence(index, request_id, self.prefix_ids + [IMAGE_TOKEN_INDEX] + list(suffix_ids),
-                       len(self.prefix_ids), visual, self.ratio, params, table, self.window, text_chunk, generator,
-                       encode_only=encode_only, resume=(rem, num_vst))
+        seq = Sequence(index=index, request_id=request_id,
+                       prompt_ids=self.prefix_ids + [IMAGE_TOKEN_INDEX] + list(suffix_ids),
+                       placeholder_idx=len(self.prefix_ids), visual=visual, ratio=self.ratio, params=params,
+                       table=table, window=self.window, text_chunk=text_chunk, generator=generator,
+                       is_encode_job=is_encode_job, resume=(rem, num_vst))
         new_vst = count_vst(visual.num_tokens + rem, self.window, self.ratio) - (rem // self.ratio)
-        max_new = table.num_tokens % self.core.kv_cache.page_size + new_vst + len(suffix_ids) + params.max_tokens
+        max_new = table.num_tokens % self.core.page_size + new_vst + len(suffix_ids) + params.max_tokens
         return seq, max_new
 
-    def to_memory(self):
+    def to_memory(self) -> "VideoMemory":
         """A VideoMemory of every frame so far (its partial window encoded into it); the stream goes on."""
         if self.encoder.table.num_dropped:
             raise ValueError("a stream that forgot its oldest frames (max_kept_frames) cannot become a VideoMemory")
-        with self.core.lock:
-            seq, max_new = self.question_sequence(0, "memory-" + uuid.uuid4().hex, [], SamplingParams(max_tokens=1),
-                                                  None, self.window, encode_only=True)
-            self.core.scheduler.add(seq, max_new)
-        while seq.output is None and not seq.is_finished:
-            self.core.step()
-        while seq.output is None:
-            self.core.step()
-        if not hasattr(seq.output, "kept_kv"):
-            raise RuntimeError(f"the stream could not be saved: {seq.output.error}")
-        return seq.output
+        job = self.core.encode({"video_stream": self}, job_id="memory-" + uuid.uuid4().hex)
+        try:
+            result = self.core.run_until(job)
+        finally:
+            self.core.abort_handle(job)             # only if interrupted before it ended
+        if result.memory is None:
+            raise RuntimeError(f"the stream could not be saved: {result.error}")
+        return result.memory
 
     def watch(self, prompt: str, every_n_windows: int = 1, sampling_params: SamplingParams | None = None,
               poll_s: float = 0.05):
@@ -244,7 +257,7 @@ class VideoStream:
         while not self.is_closed:
             if self.encoder.num_windows >= target and self.error is None:
                 frames = self.num_frames
-                out = self.llm.generate([{"prompt": prompt, "video_stream": self}], params, use_tqdm=False)[0]
+                out = self.ask(prompt, params)
                 target = self.encoder.num_windows + every_n_windows
                 yield frames, out
             elif self._queue:
@@ -253,6 +266,14 @@ class VideoStream:
                 with self._appended:
                     if not self._queue and not self.is_closed:
                         self._appended.wait(poll_s)
+
+    def ask(self, prompt: str, sampling_params: SamplingParams | None = None) -> "RequestOutput":
+        """Answer `prompt` over every frame appended so far (the stream goes on)."""
+        handle = self.core.add({"prompt": prompt, "video_stream": self}, sampling_params or SamplingParams())
+        try:
+            return self.core.run_until(handle)
+        finally:
+            self.core.abort_handle(handle)          # only if interrupted before it ended
 
     # -- the end -----------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -266,5 +287,5 @@ class VideoStream:
                 return
             self.is_closed = True
             self._queue, self._partial = [], self._empty()
-            self.core.abort_sequence(self.encoder)
+            self.core.abort_handle(self.encoder)
             self._appended.notify_all()

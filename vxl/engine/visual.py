@@ -1,14 +1,19 @@
-"""Visual token suppliers: hand a sequence its visual embeddings window by window.
+"""Visual token suppliers: hand a sequence its visual embeddings window by window (`VisualSupplier`).
 
 `VideoTokens` decodes (and on a CPU engine preprocesses) the next frames on a background thread (a
-bounded queue of chunks, kept on the host) while the model runs the current window, and encodes only the
-frames the next window needs: the host holds a few windows of frames, the device never more than one.
+bounded queue of chunks, kept on the host) while the model runs the current window. It does not run CLIP
+itself in the step path: the engine's vision stage (`vxl.engine.vision_stage`) asks each window's supplier
+for the pixels it still needs (`pixels_for`), encodes the pixels of every window of a step in one call and
+hands each supplier its tokens back (`add_tokens`); the window then `take`s them. The host holds a few
+windows of frames, the device never more than a step's windows (one window ahead per request when the
+stage encodes ahead on CUDA).
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from typing import Protocol
 
 import nvtx
 import torch
@@ -16,7 +21,54 @@ import torch
 from vxl.engine.preprocess import preprocess_frames
 
 
-class EmbedsTokens:
+class VisualSupplier(Protocol):
+    """What a sequence reads its visual tokens from, in time order."""
+    num_tokens: int                 # tokens this supplier hands out
+    num_frames: int | None          # frames behind them (None: not frames, e.g. visual_embeds)
+    seconds: dict[str, float]       # time per stage, for the request's metrics
+
+    @property
+    def total_tokens(self) -> int:
+        """Visual tokens of the whole input (a stream question: every frame appended so far)."""
+
+    def frames_to_encode(self, n: int) -> int:
+        """Frames the vision stage must still encode before `take(n)` can hand out n tokens."""
+
+    def pixels_for(self, n: int) -> list[torch.Tensor]:
+        """Preprocessed frames (each (f, 3, S, S) on the device) to encode before `take(n)`; their tokens
+        come back through `add_tokens`, in the same order."""
+
+    def add_tokens(self, tokens: torch.Tensor, ready: torch.cuda.Event | None = None) -> None:
+        """Tokens [f x tokens_per_frame, H] of the frames `pixels_for` handed out; `ready` is the event a
+        side stream recorded after computing them (None: already usable)."""
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next n tokens (n, H)."""
+
+    def close(self) -> None:
+        """Stop decoding and drop buffered tokens (idempotent)."""
+
+
+class PrecomputedTokens:
+    """A supplier whose tokens exist already (no frames to encode)."""
+    num_tokens: int = 0
+    num_frames: int | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.num_tokens
+
+    def frames_to_encode(self, n: int) -> int:
+        return 0
+
+    def pixels_for(self, n: int) -> list[torch.Tensor]:
+        return []
+
+    def add_tokens(self, tokens: torch.Tensor, ready=None) -> None:
+        raise RuntimeError(f"{type(self).__name__} has no frames to encode")
+
+
+class EmbedsTokens(PrecomputedTokens):
     """Precomputed projector outputs [N, H]."""
 
     def __init__(self, embeds: torch.Tensor, num_frames: int | None = None):
@@ -109,7 +161,8 @@ class FramePrefetcher:
 
 
 class VideoTokens:
-    """Frames of a video source -> preprocess -> CLIP -> projector -> pool, on demand, in time order."""
+    """Frames of a video source -> preprocess -> (the vision stage: CLIP -> projector -> pool) -> tokens,
+    in time order. Frames are pulled in chunks of `frames_per_chunk` (one window's worth)."""
 
     def __init__(self, source, model, image_processor, device: torch.device, frames_per_chunk: int,
                  annotate=nvtx.annotate):
@@ -120,32 +173,69 @@ class VideoTokens:
         self.num_tokens = self.num_frames * self.tokens_per_frame
         self.frames_per_chunk = max(1, frames_per_chunk)
         self._prefetch: FramePrefetcher | None = None
-        self._buffer: list[torch.Tensor] = []
-        self._buffered = 0
+        self._buffer: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []    # encoded, not taken yet
+        self._buffered = 0              # tokens in _buffer
+        self._pending = 0               # tokens of pixels handed out by pixels_for, not back yet
+        self._frames_pulled = 0
         self.seconds = {"decode_video": 0.0, "decode_wait": 0.0, "vision": 0.0}
 
-    def _encode_next_chunk(self) -> None:
+    @property
+    def total_tokens(self) -> int:
+        return self.num_tokens
+
+    def frames_to_encode(self, n: int) -> int:
+        need = n - self._buffered - self._pending
+        if need <= 0:
+            return 0
+        chunks = -(-need // (self.frames_per_chunk * self.tokens_per_frame))
+        return min(chunks * self.frames_per_chunk, self.num_frames - self._frames_pulled)
+
+    def pixels_for(self, n: int) -> list[torch.Tensor]:
+        out = []
+        while self._buffered + self._pending < n:
+            pixels = self._next_pixels()
+            self._pending += pixels.shape[0] * self.tokens_per_frame
+            out.append(pixels)
+        return out
+
+    def _next_pixels(self) -> torch.Tensor:
+        """The next chunk of frames as float32 pixels (f, 3, S, S) on the device."""
         if self._prefetch is None:
             self._prefetch = FramePrefetcher(self.source, self.frames_per_chunk, self.processor, self.device,
                                              annotate=self.annotate)
         t0 = time.perf_counter()
         chunk = self._prefetch.get()                                        # on the host
-        t1 = time.perf_counter()
-        with torch.inference_mode(), self.annotate("vision"):
-            pixels = self._prefetch.to_device(chunk)                        # (n, 3, S, S): this window's only
-            tokens = self.model.encode_frames(pixels)                       # (n * tokens_per_frame, H)
-        self._buffer.append(tokens)
-        self._buffered += tokens.shape[0]
-        self.seconds["decode_wait"] += t1 - t0
-        self.seconds["vision"] += time.perf_counter() - t1
+        self.seconds["decode_wait"] += time.perf_counter() - t0
         self.seconds["decode_video"] = self._prefetch.seconds
+        with torch.inference_mode():
+            pixels = self._prefetch.to_device(chunk)                        # (f, 3, S, S)
+        self._frames_pulled += pixels.shape[0]
+        return pixels
+
+    def add_tokens(self, tokens: torch.Tensor, ready: torch.cuda.Event | None = None) -> None:
+        self._buffer.append((tokens, ready))
+        self._buffered += tokens.shape[0]
+        self._pending -= tokens.shape[0]
 
     def take(self, n: int) -> torch.Tensor:
-        while self._buffered < n:
-            self._encode_next_chunk()
-        tokens = torch.cat(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+        if self._buffered + self._pending < n:      # used alone (no vision stage): encode here
+            for pixels in self.pixels_for(n):
+                t0 = time.perf_counter()
+                with torch.inference_mode(), self.annotate("vision"):
+                    self.add_tokens(self.model.encode_frames(pixels))
+                self.seconds["vision"] += time.perf_counter() - t0
+        if self._buffered < n:
+            raise RuntimeError(f"take({n}) with {self._buffered} tokens encoded: pixels handed out by pixels_for "
+                               "were not encoded")
+        parts = []
+        for tokens, ready in self._buffer:
+            if ready is not None:           # computed on the vision stage's side stream
+                torch.cuda.current_stream(tokens.device).wait_event(ready)
+                tokens.record_stream(torch.cuda.current_stream(tokens.device))
+            parts.append(tokens)
+        tokens = torch.cat(parts) if len(parts) > 1 else parts[0]
         out, rest = tokens[:n], tokens[n:]
-        self._buffer, self._buffered = ([rest] if rest.shape[0] else []), rest.shape[0]
+        self._buffer, self._buffered = ([(rest, None)] if rest.shape[0] else []), rest.shape[0]
         return out
 
     def close(self) -> None:
@@ -153,5 +243,5 @@ class VideoTokens:
             self.seconds["decode_video"] = self._prefetch.seconds
             self._prefetch.close()
             self._prefetch = None
-        self._buffer = []
+        self._buffer, self._buffered, self._pending = [], 0, 0
         self.source.close()

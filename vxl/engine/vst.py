@@ -6,6 +6,7 @@ and, per window, which slots are VSTs.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -26,6 +27,12 @@ def interleave(num_raw: int, ratio: int, rem: int) -> tuple[torch.Tensor, int]:
     is_vst = slots % (ratio + 1) == ratio - rem
     assert int(is_vst.sum()) == num_vst, (num_raw, ratio, rem)
     return is_vst, (num_raw + rem) % ratio
+
+
+def vst_mask(num_raw: int, ratio: int, rem: int) -> np.ndarray:
+    """is_vst [num_raw + nb] (bool, numpy) of one window: `interleave`'s rule on the host."""
+    num_vst = (num_raw + rem) // ratio
+    return np.arange(num_raw + num_vst) % (ratio + 1) == ratio - rem
 
 
 def count_vst(num_visual: int, window: int, ratio: int) -> int:

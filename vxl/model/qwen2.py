@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vxl.config import ModelConfig
+from vxl.kernels import AttentionOps
 from vxl.kernels.reference import rms_norm
 
 
@@ -86,7 +87,7 @@ class Qwen2Attention(nn.Module):
             setattr(self, attr, w)
             setattr(self, attr.replace("w_", "b_"), b)
 
-    def forward(self, hidden: torch.Tensor, norm: RMSNorm, step: StepInfo, kv_cache: tuple, ops,
+    def forward(self, hidden: torch.Tensor, norm: RMSNorm, step: StepInfo, kv_cache: tuple, ops: AttentionOps,
                 beacon: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [T, H] -> [T, H]; with `beacon` [H], hidden is the step's source rows [S, H] and the
         slots are read from them by the interleave rule (the first layer of a step with VSTs)."""
@@ -134,7 +135,7 @@ class Qwen2DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = Qwen2MLP(cfg)
 
-    def forward(self, hidden: torch.Tensor, step: StepInfo, kv_cache: tuple, ops,
+    def forward(self, hidden: torch.Tensor, step: StepInfo, kv_cache: tuple, ops: AttentionOps,
                 beacon: torch.Tensor | None = None) -> torch.Tensor:
         # the input norm is fused into the QKV op (it is the op's prologue)
         attn = self.self_attn(hidden, self.input_layernorm, step, kv_cache, ops, beacon)
@@ -155,7 +156,7 @@ class Qwen2Model(nn.Module):
         self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, embeds: torch.Tensor, step: StepInfo, kv_caches: list, ops) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, step: StepInfo, kv_caches: list, ops: AttentionOps) -> torch.Tensor:
         """embeds [S, H], the step's source rows (a window's raw visual rows without its VSTs) -> last
         layer's hidden [T, H] over the step's slots (final norm not applied: it is only needed on the rows
         that sample, see compute_logits); appends kept rows' K/V to the caches. With VSTs in the step, the

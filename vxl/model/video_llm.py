@@ -8,6 +8,7 @@ import torch.nn as nn
 from transformers import CLIPVisionConfig
 
 from vxl.config import ModelConfig
+from vxl.kernels import AttentionOps
 from vxl.model.qwen2 import Qwen2Model, StepInfo
 from vxl.model.vision import VisionTower, build_projector, encode_frames, tokens_per_frame
 
@@ -55,7 +56,7 @@ class VideoXLForCausalLM(nn.Module):
         return encode_frames(self.model.vision_tower, self.model.mm_projector, pixel_values,
                              self.config.mm_spatial_pool_stride)
 
-    def forward(self, embeds: torch.Tensor, step: StepInfo, kv_caches: list, ops) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, step: StepInfo, kv_caches: list, ops: AttentionOps) -> torch.Tensor:
         return self.model(embeds, step, kv_caches, ops)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

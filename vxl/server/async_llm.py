@@ -11,12 +11,16 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+from vxl.engine.core import EncodeResult, StepOutput
 from vxl.engine.request import RequestOutput
 from vxl.engine.sampler import SamplingParams
+from vxl.engine.video_memory import VideoMemory
 
 
 class EncodeError(RuntimeError):
-    def __init__(self, output: RequestOutput):
+    """An encode job that ended without a memory; `output` says why (`error`, `error_type`)."""
+
+    def __init__(self, output: EncodeResult):
         super().__init__(output.error)
         self.output = output
 
@@ -37,13 +41,13 @@ class AsyncLLM:
         self._stop = threading.Event()
         self.idle_wait_s = idle_wait_s
         self.stats = {"steps": 0, "step_faults": 0, "generated_tokens": 0, "windows": 0}
-        llm.core.listeners.append(self._on_step)
+        self.core = llm.core
+        self.core.add_listener(self._on_step)
         self._thread = threading.Thread(target=self._loop, name="vxl-engine", daemon=True)
         self._thread.start()
 
     def shutdown(self) -> None:
-        if self._on_step in self.llm.core.listeners:
-            self.llm.core.listeners.remove(self._on_step)
+        self.core.remove_listener(self._on_step)
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
@@ -65,7 +69,7 @@ class AsyncLLM:
         finished = False
         try:
             # preparation opens the video and may wait for the engine's lock: off the event loop
-            await asyncio.to_thread(self.llm.add_request, {**request, "request_id": rid}, params)
+            await asyncio.to_thread(self.core.add_request, {**request, "request_id": rid}, params)
             self._wake.set()
             while True:
                 delta = await queue.get()
@@ -77,29 +81,29 @@ class AsyncLLM:
             with self._lock:
                 self._streams.pop(rid, None)
             if not finished:        # the consumer went away: the request's pages return now
-                await asyncio.to_thread(self.llm.abort, rid)
+                await asyncio.to_thread(self.core.abort, rid)
 
-    async def encode(self, request: dict):
+    async def encode(self, request: dict) -> VideoMemory:
         """Encode a request's video into a VideoMemory as an engine job interleaved with other requests;
-        raises EncodeError with the engine's output when it fails."""
-        rid = "encode-" + uuid.uuid4().hex
+        raises EncodeError with the job's result when it fails."""
+        rid = uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
             self._streams[rid] = (asyncio.get_running_loop(), queue)
         done = False
         try:
-            await asyncio.to_thread(self.llm.core.add_encode, request, rid)
+            await asyncio.to_thread(self.core.encode, request, job_id=rid)
             self._wake.set()
-            result = await queue.get()
+            result: EncodeResult = await queue.get()
             done = True
-            if isinstance(result, RequestOutput):
+            if result.memory is None:
                 raise EncodeError(result)
-            return result
+            return result.memory
         finally:
             with self._lock:
                 self._streams.pop(rid, None)
             if not done:
-                await asyncio.to_thread(self.llm.abort, rid)
+                await asyncio.to_thread(self.core.abort, rid)
 
     def _push(self, rid: str, item) -> bool:
         """Hand a delta (or an encode job's result) to its consumer; whether one was still there."""
@@ -113,15 +117,15 @@ class AsyncLLM:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self.llm.has_unfinished_requests():
+            if not self.core.has_unfinished_requests():
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
                 continue
-            out = self.llm.step()               # its outputs reach _on_step
+            out = self.core.step()              # its outputs reach _on_step
             if not out.finished and not out.new_tokens and out.num_windows == 0 and not out.encoded:
                 time.sleep(0.001)   # only waiting requests (no room yet) or idle streams: do not spin
 
-    def _on_step(self, out) -> None:
+    def _on_step(self, out: StepOutput) -> None:
         """Deliver a step's tokens, outputs and encoded videos to their consumers (any thread's step)."""
         self.stats["steps"] += 1
         self.stats["windows"] += out.num_windows
@@ -133,8 +137,10 @@ class AsyncLLM:
         for rid, output in finished.items():
             if output.error_type == "server_error":
                 self.stats["step_faults"] += 1
-            is_job = rid.startswith("encode-")
-            self._push(rid, output if is_job else Delta(out.new_tokens.get(rid, []), output))
-        for rid, memory in out.encoded.items():
-            if not self._push(rid, memory):     # its requester went away: nobody will use it
-                memory.release()                # (under the core's lock: listeners run inside the step)
+            self._push(rid, Delta(out.new_tokens.get(rid, []), output))
+        for result in out.encoded:
+            if result.error_type == "server_error":
+                self.stats["step_faults"] += 1
+            if not self._push(result.job_id, result) and result.memory is not None:
+                result.memory.release()         # its requester went away: nobody will use it (under the
+                                                # core's lock: listeners run inside the step)

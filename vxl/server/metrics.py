@@ -19,11 +19,11 @@ class ServerMetrics:
                               buckets=LATENCY_BUCKETS, registry=registry)
         self.tokens = Counter("vxl_generated_tokens", "Tokens generated", registry=registry)
         self.frames = Counter("vxl_frames", "Video frames encoded", registry=registry)
-        scheduler, pool = llm.core.scheduler, llm.kv_cache.pool
-        gauges = {"vxl_requests_running": ("Requests running in the engine", lambda: len(scheduler.running)),
-                  "vxl_requests_waiting": ("Requests waiting for KV pages", lambda: len(scheduler.waiting)),
-                  "vxl_kv_pages_used": ("KV cache pages in use", lambda: pool.num_pages - pool.num_free_pages),
-                  "vxl_kv_pages_free": ("KV cache pages free", lambda: pool.num_free_pages),
+        core = llm.core
+        gauges = {"vxl_requests_running": ("Requests running in the engine", lambda: core.load()["num_running"]),
+                  "vxl_requests_waiting": ("Requests waiting for KV pages", lambda: core.load()["num_waiting"]),
+                  "vxl_kv_pages_used": ("KV cache pages in use", lambda: core.kv_cache_usage()["num_used_pages"]),
+                  "vxl_kv_pages_free": ("KV cache pages free", lambda: core.kv_cache_usage()["num_free_pages"]),
                   "vxl_step_faults": ("Steps whose forward or sampling raised (their requests failed)",
                                       lambda: engine.stats["step_faults"]),
                   "vxl_engine_steps": ("Engine steps run", lambda: engine.stats["steps"]),

@@ -21,12 +21,12 @@ class Entry:
 class VideoCache:
     def __init__(self, engine, max_entries: int = 64):
         self.engine, self.max_entries = engine, max_entries
-        self.core = engine.llm.core
+        self.core = engine.core
         self.entries: OrderedDict[Key, Entry] = OrderedDict()
         self.pending: dict[Key, asyncio.Future] = {}
         self.lock = threading.Lock()
         self.hits = self.misses = 0
-        self.core.scheduler.on_pressure = self.evict       # called by the engine thread, under the core lock
+        self.core.on_pressure(self.evict)       # called by the engine thread, under the core lock
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -77,9 +77,9 @@ class VideoCache:
         if entry is None:
             return 0
         with self.core.lock:
-            before = self.core.kv_cache.pool.num_free_pages
+            before = self.core.kv_cache_usage()["num_free_pages"]
             entry.memory.release()
-            return self.core.kv_cache.pool.num_free_pages - before
+            return self.core.kv_cache_usage()["num_free_pages"] - before
 
     def evict(self, pages_needed: int) -> bool:
         """Release unused entries, least recently used first, until `pages_needed` pages are free again or
