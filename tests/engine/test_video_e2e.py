@@ -137,6 +137,7 @@ def test_decode_error_mid_stream_fails_only_that_request(llm, video, monkeypatch
     class Breaks:
         def __init__(self, source):
             self.source, self.num_frames, self.total_frames = source, source.num_frames, source.total_frames
+            self.decoder = source.decoder
 
         def iter_chunks(self, n):
             for i, chunk in enumerate(self.source.iter_chunks(n)):

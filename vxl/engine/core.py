@@ -20,25 +20,24 @@ import itertools
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Callable
 
 import nvtx
 import torch
 
-from vxl.config import IMAGE_TOKEN_INDEX, EngineConfig
+from vxl.config import EngineConfig
+from vxl.engine.admission import Admission
 from vxl.engine.cuda_graphs import DecodeGraphs
-from vxl.engine.inputs import (InputContext, RequestError, check_params, check_token_ids, prepare_request,
-                               prompt_ids_from_text)
+from vxl.engine.inputs import InputContext
 from vxl.engine.kv_cache import BlockTable, KVCache
+from vxl.engine.outputs import EncodeResult, Rejected, StepOutput, encode_result, request_output
 from vxl.engine.preprocess import preprocess_frames
 from vxl.engine.request import Request, RequestOutput
 from vxl.engine.runner import ModelRunner
 from vxl.engine.sampler import SamplingParams, sample_rows
 from vxl.engine.scheduler import Scheduler
 from vxl.engine.sequence import Chunk, Sequence
-from vxl.engine.stream import VideoStream
-from vxl.engine.video_memory import VideoMemory, model_fingerprint
+from vxl.engine.video_memory import model_fingerprint
 from vxl.engine.vision_stage import VisionStage
 from vxl.kernels import get_backend
 from vxl.model.loader import LoadedModel
@@ -46,39 +45,6 @@ from vxl.model.loader import LoadedModel
 # per chunk kind: its stage in metrics["seconds"], and the NVTX range around the layers that run it
 STAGE_OF_KIND = {"window": "windows", "text": "text_prefill", "decode": "decode"}
 RANGE_OF_KIND = {"window": "windows", "text": "text-prefill", "decode": "decode"}
-
-
-@dataclass
-class EncodeResult:
-    """The end of an encode job (`EngineCore.encode`): its VideoMemory, or why there is none."""
-    job_id: str
-    memory: VideoMemory | None = None
-    error: str | None = None
-    error_type: str | None = None       # "bad_request" | "server_error" | "abort"
-
-
-@dataclass
-class Rejected:
-    """A request or encode job refused while it was prepared: it holds no pages, only its error output."""
-    request_id: str
-    output: RequestOutput | EncodeResult
-    is_encode_job: bool = False
-    is_finished: bool = True
-
-
-@dataclass
-class StepOutput:
-    """What one step did: the tokens each request sampled (request id -> ids), the requests that ended
-    (their final outputs), the encode jobs that ended, how many visual windows its forward ran and frames
-    its vision stage encoded, the pages in use after its forward (before ended requests returned theirs),
-    and seconds per part of the step ("vision", "forward", "sample")."""
-    new_tokens: dict[str, list[int]] = field(default_factory=dict)
-    finished: list[RequestOutput] = field(default_factory=list)
-    encoded: list[EncodeResult] = field(default_factory=list)
-    num_windows: int = 0
-    num_frames: int = 0
-    num_used_pages: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -116,6 +82,7 @@ class EngineCore:
         self.inputs = InputContext(cfg, config, self.tokenizer, self.model if self.model.has_vision else None,
                                    loaded.image_processor, self.device, self.dtype, annotate)
         self.model_fingerprint = model_fingerprint(self.model, cfg)
+        self.admission = Admission(self, config, self.inputs, self.kv_cache, self.model_fingerprint, self.device)
         self.lock = threading.RLock()
         self._ended: list = []              # Sequences or Rejected that ended before admission: reported by
                                             # the next step
@@ -139,7 +106,7 @@ class EngineCore:
         """Report NVTX-style ranges to `annotate` from now on (a profiler's, or a test's recorder)."""
         with self.lock:
             self.annotate = self.vision.annotate = annotate
-            self.inputs = dataclasses.replace(self.inputs, annotate=annotate)
+            self.inputs = self.admission.inputs = dataclasses.replace(self.inputs, annotate=annotate)
 
     # -- what the engine holds -----------------------------------------------------------------------
     def kv_cache_usage(self) -> dict:
@@ -187,7 +154,7 @@ class EngineCore:
             index = next(self._counter) if index is None else index
             default_id = default_id if default_id is not None else uuid.uuid4().hex
             try:
-                seq, max_kept = self._new_sequence(index, Request.from_any(request), params, default_id)
+                seq, max_kept = self.admission.request(index, Request.from_any(request), params, default_id)
             except Exception as exc:        # any problem while preparing is this request's alone
                 rid = request.get("request_id") if isinstance(request, dict) else \
                     request.request_id if isinstance(request, Request) else None
@@ -206,7 +173,7 @@ class EngineCore:
         with self.lock:
             jid = job_id or uuid.uuid4().hex
             try:
-                seq, max_kept = self._new_encode_job(Request.from_any(request), prefix_token_ids, jid)
+                seq, max_kept = self.admission.encode_job(Request.from_any(request), prefix_token_ids, jid)
             except Exception as exc:
                 return self._reject(Rejected(jid, EncodeResult(jid, error=str(exc), error_type="bad_request"),
                                              is_encode_job=True))
@@ -227,99 +194,6 @@ class EngineCore:
     def _reject(self, rejected: Rejected) -> Rejected:
         self._ended.append(rejected)
         return rejected
-
-    def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
-        """A sampling request's own generator, on the device that samples."""
-        if params.is_greedy:
-            return None
-        seed = params.seed if params.seed is not None else self.config.seed + index
-        return torch.Generator(device=self.device).manual_seed(seed)
-
-    def _new_sequence(self, index: int, request: Request, params: SamplingParams,
-                      default_id: str) -> tuple[Sequence, int]:
-        if not isinstance(params, SamplingParams):
-            raise RequestError(f"sampling params must be a vxl.SamplingParams, not {type(params).__name__}")
-        check_params(params, self.model_config.vocab_size, self.config.max_logprobs)    # stream questions too
-        if request.video_stream is not None:
-            return self._stream_question(index, request, params, default_id)
-        prep = prepare_request(self.inputs, request, params)
-        rid = prep.request_id if prep.request_id is not None else default_id
-        return self._sequence_of(prep, params, rid, index, self._generator(params, index))
-
-    def _sequence_of(self, prep, params: SamplingParams, rid: str, index: int, generator,
-                     is_encode_job: bool = False) -> tuple[Sequence, int]:
-        table = None
-        try:
-            if prep.memory is not None:
-                try:
-                    prep.memory.bind(self.kv_cache, self.model_fingerprint)
-                except ValueError as exc:
-                    raise RequestError(str(exc)) from None
-                table = prep.memory.fork_table()
-            else:
-                table = self.kv_cache.new_table()
-            seq = Sequence(index=index, request_id=str(rid), prompt_ids=prep.prompt_ids,
-                           placeholder_idx=prep.placeholder_idx, visual=prep.visual, ratio=prep.ratio, params=params,
-                           table=table, window=self.model_config.beacon_window, text_chunk=self.text_chunk,
-                           generator=generator, memory=prep.memory, is_encode_job=is_encode_job)
-        except BaseException:
-            if table is not None:
-                table.release()
-            if prep.visual is not None:
-                prep.visual.close()
-            raise
-        return seq, prep.max_kept_tokens(self.model_config, params)
-
-    @property
-    def text_chunk(self) -> int:
-        return self.config.text_chunk_size or self.model_config.beacon_window
-
-    def default_prefix(self) -> list[int]:
-        """The chat template's token ids before the video."""
-        ids = prompt_ids_from_text(self.tokenizer, "", True)
-        return ids[:ids.index(IMAGE_TOKEN_INDEX)]
-
-    def _new_encode_job(self, request: Request, prefix_token_ids, job_id: str) -> tuple[Sequence, int]:
-        params = SamplingParams(max_tokens=1)
-        if request.video_stream is not None:
-            stream = self._stream_of(request)
-            return stream.question_sequence(0, job_id, [], params, None, self.text_chunk, is_encode_job=True)
-        if all(getattr(request, n) is None for n in ("video", "image", "images", "visual_embeds")):
-            raise RequestError("an encode job needs a video, image, images, visual_embeds or video_stream")
-        prefix = check_token_ids(prefix_token_ids if prefix_token_ids is not None else self.default_prefix(),
-                                 self.model_config.vocab_size, "prefix_token_ids")
-        if IMAGE_TOKEN_INDEX in prefix:
-            raise RequestError("prefix_token_ids must not contain the video placeholder")
-        fields = {k: v for k, v in vars(request).items() if k not in ("prompt", "prompt_token_ids", "request_id")}
-        job = Request(**fields, prompt_token_ids=prefix + [IMAGE_TOKEN_INDEX], request_id=job_id)
-        prep = prepare_request(self.inputs, job, params, is_encode_job=True)
-        return self._sequence_of(prep, params, job_id, 0, None, is_encode_job=True)
-
-    def _stream_of(self, request: Request) -> VideoStream:
-        stream = request.video_stream
-        if not isinstance(stream, VideoStream) or stream.core is not self:
-            raise RequestError("video_stream must be a stream opened on this engine (LLM.open_stream)")
-        others = [n for n in ("video", "image", "images", "visual_embeds", "video_memory", "num_frames")
-                  if getattr(request, n) is not None]
-        if others:
-            raise RequestError(f"a video_stream request takes no {', '.join(others)}")
-        if request.compression_ratio is not None and request.compression_ratio != stream.ratio:
-            raise RequestError(f"compression_ratio {request.compression_ratio} differs from the stream's ({stream.ratio})")
-        return stream
-
-    def _stream_question(self, index: int, request: Request, params: SamplingParams,
-                         default_id: str) -> tuple[Sequence, int]:
-        """A question over a live stream: every frame appended so far (vxl.engine.stream)."""
-        stream = self._stream_of(request)
-        if request.prompt_token_ids is not None:
-            ids = check_token_ids(request.prompt_token_ids, self.model_config.vocab_size)
-        else:
-            ids = prompt_ids_from_text(self.tokenizer, request.prompt, True)
-        if ids.count(IMAGE_TOKEN_INDEX) != 1 or ids[:ids.index(IMAGE_TOKEN_INDEX)] != stream.prefix_ids:
-            raise RequestError("the prompt's text before the video differs from the stream's prefix")
-        rid = str(request.request_id if request.request_id is not None else default_id)
-        return stream.question_sequence(index, rid, ids[ids.index(IMAGE_TOKEN_INDEX) + 1:], params,
-                                        self._generator(params, index), self.text_chunk)
 
     def abort(self, request_id: str) -> bool:
         """End every unfinished request or encode job with this id (finish_reason "abort"); its pages
@@ -365,6 +239,15 @@ class EngineCore:
         self.vision.stats["frames"] += frames.shape[0]
         self.vision.stats["seconds"] += time.perf_counter() - t0
         return tokens
+
+    @property
+    def text_chunk(self) -> int:
+        """Rows of a text chunk (the model's window unless the engine sets text_chunk_size)."""
+        return self.admission.text_chunk
+
+    def default_prefix(self) -> list[int]:
+        """The chat template's token ids before the video."""
+        return self.admission.default_prefix()
 
     @property
     def page_size(self) -> int:
@@ -468,42 +351,7 @@ class EngineCore:
     def _final_output(self, seq: Sequence) -> RequestOutput | EncodeResult:
         """Release what an ended sequence holds (an encode job's pages become its VideoMemory) and build
         its output."""
-        if not seq.is_encode_job:
-            seq.release()
-            return self.output(seq)
-        if seq.finish_reason != "stop":
-            seq.release()
-            return EncodeResult(seq.request_id, error=seq.error, error_type=seq.error_type)
-        seq.visual.close()
-        visual = seq.visual
-        memory = VideoMemory(self.model_fingerprint, seq.prompt_ids[:seq.placeholder_idx], seq.ratio,
-                             visual.num_frames or 0, visual.total_tokens, seq.num_vst, seq.kept_len,
-                             kv_cache=self.kv_cache, table=seq.table)
-        return EncodeResult(seq.request_id, memory=memory)
-
-    def output(self, seq: Sequence) -> RequestOutput:
-        ids = seq.output_ids
-        text = ""
-        if self.tokenizer is not None and ids:
-            shown = ids[:-1] if seq.finish_reason == "stop" else ids
-            text = self.tokenizer.decode(shown, skip_special_tokens=True)
-        visual = seq.visual
-        seconds = dict(seq.seconds)
-        if visual is not None:
-            seconds.update(visual.seconds)
-        num_kept = seq.num_kept_after_prefill or 0
-        num_frames = (visual.num_frames or 0) if visual is not None else 0
-        rates = {"decode_fps": num_frames / seconds["decode_video"]} if seconds.get("decode_video") else {}
-        page_bytes = self.kv_cache.page_size * self.bytes_per_token
-        source = getattr(visual, "source", None)        # a video file's reader names its decoder
-        metrics = {"num_frames": num_frames,
-                   "num_visual_tokens": visual.total_tokens if visual is not None else 0,
-                   "num_vst_tokens": seq.num_vst, "num_kept_tokens": num_kept,
-                   "kept_kv_bytes": num_kept * self.bytes_per_token, "compression_ratio": seq.ratio,
-                   "num_prompt_tokens": len(seq.prompt_ids), "num_generated_tokens": len(ids),
-                   # block tables only grow while a request lives: its final length is the most pages it
-                   # held at once (pages shared with a VideoMemory included)
-                   "peak_kv_bytes": len(seq.table.pages) * page_bytes, **rates,
-                   "video_decoder": getattr(source, "decoder", None), "seconds": seconds}
-        return RequestOutput(seq.request_id, text, list(ids), seq.output_logprobs, seq.finish_reason, seq.error,
-                             metrics, seq.error_type, seq.prompt_logprobs)
+        if seq.is_encode_job:
+            return encode_result(seq, self.model_fingerprint, self.kv_cache)
+        seq.release()
+        return request_output(seq, self.tokenizer, self.bytes_per_token, self.kv_cache.page_size)

@@ -109,7 +109,7 @@ def filter_logits_batch(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.
     probs = torch.softmax(sorted_logits, dim=-1)
     # drop a token when the mass before it already reaches top_p (the top token always stays: a top_p below
     # float32's smallest number compares equal to 0)
-    drop = (probs.cumsum(-1) - probs) >= top_p[:, None]
+    drop = ((probs.cumsum(-1) - probs) >= top_p[:, None]) & (top_p < 1.0)[:, None]   # float32 sums reach 1 early
     drop[:, 0] = False
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vxl.config import IMAGE_TOKEN_INDEX
-from vxl.engine.inputs import RequestError, check_ratio, prompt_ids_from_text
+from vxl.engine.inputs import RequestError, check_ratio
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Chunk, Sequence
 from vxl.engine.visual import PrecomputedTokens

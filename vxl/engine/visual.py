@@ -26,6 +26,7 @@ class VisualSupplier(Protocol):
     num_tokens: int                 # tokens this supplier hands out
     num_frames: int | None          # frames behind them (None: not frames, e.g. visual_embeds)
     seconds: dict[str, float]       # time per stage, for the request's metrics
+    decoder: str | None             # what decodes its frames ("decord", "pyav"; None: nothing is decoded)
 
     @property
     def total_tokens(self) -> int:
@@ -53,6 +54,7 @@ class PrecomputedTokens:
     """A supplier whose tokens exist already (no frames to encode)."""
     num_tokens: int = 0
     num_frames: int | None = None
+    decoder: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -182,6 +184,10 @@ class VideoTokens:
     @property
     def total_tokens(self) -> int:
         return self.num_tokens
+
+    @property
+    def decoder(self) -> str | None:
+        return self.source.decoder
 
     def frames_to_encode(self, n: int) -> int:
         need = n - self._buffered - self._pending
