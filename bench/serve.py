@@ -7,6 +7,11 @@ and time per output token (p50 / p90 / p99, from the streamed events as the clie
 
     python -m bench.serve [--model demo] [--clients 1 4 16 32] [--videos 4] [--questions 4]
                           [--num-frames 64] [--ratio 16] [--out bench/results/serve_demo_cpu.json]
+                          [--label before --note "..." --commit ad38cb1]
+
+Without --label the output file holds this one run. With --label NAME the run (the same document) is stored
+under runs[NAME] of the output file, other labels already there kept (a file written without --label is
+not overwritten by a labelled run: name another --out). The server runs the vxl imported here (PYTHONPATH).
 """
 from __future__ import annotations
 
@@ -55,10 +60,13 @@ def free_port() -> int:
 
 
 def start_server(model: str, media: str, max_frames: int, cache: bool) -> tuple[subprocess.Popen, str]:
+    import vxl
     port = free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(vxl.__file__)))        # the same vxl as this process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "vxl.cli", "serve", model, "--port", str(port), "--allowed-local-media-path",
            media, "--max-frames", str(max_frames)] + ([] if cache else ["--no-video-cache"])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -156,9 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--out", default="bench/results/serve_demo_cpu.json")
+    p.add_argument("--label", default=None, help="store the run under runs[LABEL], keeping the file's other labels")
+    p.add_argument("--note", default="", help="free text stored with the run")
+    p.add_argument("--commit", default=None, help="commit string to record instead of the checkout's")
     args = p.parse_args(argv)
+    import vxl
     from bench.common import env_info, write_json
-    result = {"benchmark": "serve", "env": env_info(), "args": vars(args), "runs": []}
+    doc = {}
+    if args.label is not None and os.path.exists(args.out):
+        with open(args.out) as f:
+            doc = json.load(f)
+        if not isinstance(doc.get("runs", {}), dict):
+            raise SystemExit(f"error: {args.out} holds an unlabelled run; give another --out for --label")
+    env = env_info()
+    if args.commit is not None:
+        env["commit"], env["checkout_commit"] = args.commit, env["commit"]
+    result = {"benchmark": "serve", "env": env, "args": vars(args), "note": args.note,
+              "vxl_source": os.path.dirname(vxl.__file__), "runs": []}
     with tempfile.TemporaryDirectory() as media:
         paths = write_videos(media, args.videos, args.num_frames)
         for cache in (True, False):
@@ -175,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         result["closed_batch"] = {c: closed_batch(paths, args, workload(paths, args, c)) for c in args.clients}
     for run in result["runs"]:
         run["ratio_to_closed_batch"] = run["requests_per_s"] / result["closed_batch"][run["clients"]]["requests_per_s"]
-    write_json(args.out, result)
+    result["load_average_1m_end"] = os.getloadavg()[0]
+    if args.label is not None:
+        doc.update(benchmark="serve", description=__doc__.strip())
+        doc.setdefault("runs", {})[args.label] = result
+    write_json(args.out, doc if args.label is not None else result)
     print(json.dumps({"closed_batch": result["closed_batch"]}))
     return 0
 

@@ -110,14 +110,64 @@ def timed_steps(llm, keep, num_steps: int) -> dict:
     return res
 
 
+class HostReads(torch.Tensor):
+    """Logits that count what reads their data (or any result computed from them) back to the host."""
+    reads = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in ("item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__", "cpu"):
+            HostReads.reads += 1
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        return out.as_subclass(torch.Tensor) if name == "cpu" else out
+
+
+def count_reads(llm) -> list[int]:
+    """Make the runner's logits count their host reads; returns the list each step's count is appended to
+    (read it after the step: the sampling pass runs after the forward)."""
+    run, per_step = llm.runner.run, []
+
+    def counting(chunks):
+        logits = run(chunks)
+        per_step.append(HostReads.reads)
+        return None if logits is None else logits.as_subclass(HostReads)
+    llm.runner.run = counting
+    return per_step
+
+
+def decode_reads(num_seqs: int, args) -> dict:
+    """Device-to-host reads of the sampled logits per decode step (on any device: every read of a tensor
+    computed from the logits is counted)."""
+    llm = new_llm(args, stub=False)
+    params = SamplingParams(max_tokens=64, ignore_eos=True)
+    for i in range(num_seqs):
+        llm.add_request({"prompt": f"{QUESTION} {i}"}, params)
+    wait_for_decode(llm)
+    count_reads(llm)
+    counts = []
+    for _ in range(5):
+        HostReads.reads = 0
+        llm.step()
+        counts.append(HostReads.reads)
+    return {"reads_per_step": statistics.median(counts), "max": max(counts)}
+
+
+def wait_for_decode(llm) -> None:
+    """Step until every request is admitted and decoding."""
+    while True:
+        running = llm.core.scheduler.running
+        if running and not any(s.is_prefilling for s in running) and not llm.core.scheduler.waiting:
+            return
+        llm.step()
+
+
 def decode_case(num_seqs: int, args, stub: bool) -> dict:
     llm = new_llm(args, stub)
     params = SamplingParams(max_tokens=args.warmup + args.steps + 64, ignore_eos=True)
     for i in range(num_seqs):
         llm.add_request({"prompt": f"{QUESTION} {i}"}, params)
-    running = llm.core.scheduler.running
-    while not running or any(s.is_prefilling for s in running) or llm.core.scheduler.waiting:
-        llm.step()
+    wait_for_decode(llm)
     for _ in range(args.warmup):
         llm.step()
     return timed_steps(llm, lambda out: sum(map(len, out.new_tokens.values())) == num_seqs, args.steps)
@@ -148,9 +198,10 @@ def run(args) -> dict:
     cases = {}
     for n in args.batch_sizes:
         cases[f"decode_{n}"] = {"num_seqs": n, "whole": decode_case(n, args, stub=False),
-                                "host": decode_case(n, args, stub=True)}
+                                "host": decode_case(n, args, stub=True), "device_to_host": decode_reads(n, args)}
         log(f"decode x{n}: whole {cases[f'decode_{n}']['whole']['ms_median']:.2f} ms, "
-            f"host {cases[f'decode_{n}']['host']['ms_median']:.2f} ms")
+            f"host {cases[f'decode_{n}']['host']['ms_median']:.2f} ms, "
+            f"{cases[f'decode_{n}']['device_to_host']['reads_per_step']:g} device-to-host reads per step")
     if args.window_seqs:
         key = f"window_{args.window_seqs}"
         cases[key] = {"num_seqs": args.window_seqs, "ratio": args.window_ratio,

@@ -42,7 +42,7 @@ def test_text_logits_match_transformers_qwen2():
         kv_cache = KVCache(3, 8, 7, cfg.num_key_value_heads, cfg.head_dim, torch.float32, torch.device("cpu"))
         seq = _Seq(kv_cache.new_table())
         runner = ModelRunner(ours, get_backend("torch"), kv_cache)
-        chunk = Chunk(seq, "text", 37, True, token_ids=ids[0].tolist())
+        chunk = Chunk(seq=seq, kind="text", num_kept=37, sample=True, token_ids=ids[0].tolist())
         hidden, _ = runner.forward([chunk])
         got = ours.compute_logits(hidden)
     assert (got - expected).abs().max() < 1e-5
