@@ -67,7 +67,7 @@ def test_prefill_logits_and_kept_kv(official, case):
               page_size=16)
     req = request_of(tensors, case)
     req["compression_ratio"] = meta[case]["beacon_ratio"]
-    seq, _ = llm.core._new_sequence(0, __import__("vxl").Request(**req), SamplingParams(max_tokens=1), "0")
+    seq, _ = llm.core.admission.request(0, __import__("vxl").Request(**req), SamplingParams(max_tokens=1), "0")
     expected_logits = tensors[f"{case}/prefill_logits"]
     with torch.inference_mode():
         while True:

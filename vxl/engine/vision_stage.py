@@ -5,12 +5,14 @@ windows. Its budget (frames per step) is the scheduler's (`max_vision_frames`).
 Encoding ahead (`overlap`, on by default on CUDA): after the step's forward has been launched, the stage
 encodes the next window of each request still in its visual prefill on a side CUDA stream, so CLIP runs
 on the GPU while the LLM does; the next step finds those tokens ready. Event discipline:
-    1. the side stream waits for the current stream (the pixels were copied there), and each pixel tensor
-       is marked as used by the side stream (`record_stream`), so the allocator does not reuse it early;
+    1. everything of an ahead encoding runs on the side stream: the pixels' host-to-device copy, their
+       preprocessing and `encode_frames` (it reads only the pixels and the vision weights, which nothing
+       writes), so the side stream never waits for the forward on the current stream;
     2. an event is recorded on the side stream after `encode_frames`; the tokens are handed to their
        supplier with it;
     3. the supplier's `take` makes the current stream wait for that event and marks the tokens as used by
-       the current stream before the LLM reads them.
+       the current stream (`record_stream`), so the allocator does not hand their memory to the side
+       stream's next allocations while the LLM still reads them.
 On the CPU there is no side stream: encoding ahead runs in order (tests use it to check its exactness).
 """
 from __future__ import annotations
@@ -60,9 +62,10 @@ class VisionStage:
             if need and frames + need <= max_frames:
                 wanted.append((seq, num_raw))
                 frames += need
-        jobs, failed = self._gather(wanted)
-        if jobs:
-            failed += self._run(jobs, side=True)
+        with self._on(self.side_stream):
+            jobs, failed = self._gather(wanted)
+            if jobs:
+                failed += self._run(jobs, side=True)
         return failed
 
     def _gather(self, wanted: list[tuple[Sequence, int]]):
@@ -83,7 +86,7 @@ class VisionStage:
         stream = self.side_stream if side else None
         t0 = time.perf_counter()
         try:
-            with self._on(stream, pixels), self.annotate("vision"):
+            with self.annotate("vision"):
                 tokens = self.model.encode_frames(torch.cat(pixels) if len(pixels) > 1 else pixels[0])
                 ready = None
                 if stream is not None:
@@ -106,11 +109,7 @@ class VisionStage:
         self.stats["seconds"] += elapsed
         return []
 
-    def _on(self, stream, pixels: list[torch.Tensor]):
-        """The side stream's context (steps 1 of the module's event discipline), or nothing."""
-        if stream is None:
-            return contextlib.nullcontext()
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        for p in pixels:
-            p.record_stream(stream)
-        return torch.cuda.stream(stream)
+    @staticmethod
+    def _on(stream):
+        """The side stream's context (step 1 of the module's event discipline), or nothing."""
+        return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)

@@ -27,6 +27,9 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
     p.add_argument("--kv-cache-bytes", type=int, default=None)
     p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; vxl.engine.cuda_graphs)")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="sequences the engine runs at once")
+    p.add_argument("--max-vision-frames", type=int, default=None,
+                   help="frames CLIP encodes per engine step, batched over requests (default: 8 windows' worth)")
     p.add_argument("--stream-idle-timeout", type=float, default=300.0,
                    help="seconds after which a live stream nobody posts to or asks about is closed")
     p.add_argument("--no-video-cache", action="store_true",
@@ -46,7 +49,8 @@ def serve(args) -> int:
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
               kv_cache_bytes=args.kv_cache_bytes, max_logprobs=MAX_LOGPROBS, max_frames=args.max_frames,
               max_images=args.max_images, max_prompt_tokens=args.max_prompt_tokens,
-              max_image_pixels=args.max_image_pixels, cuda_graphs=args.cuda_graphs)
+              max_image_pixels=args.max_image_pixels, cuda_graphs=args.cuda_graphs, max_num_seqs=args.max_num_seqs,
+              max_vision_frames=args.max_vision_frames)
     limits = MediaLimits(args.allowed_local_media_path, args.max_frames, args.max_video_bytes, args.max_images,
                          args.max_image_pixels)
     app = build_app(llm, args.served_model_name or args.model, limits, args.max_queued,
