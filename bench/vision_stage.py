@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo", help="a built-in model name or checkpoint")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--vision-overlap", choices=["on", "off"], default=None,
+                   help="encode the next windows on a side CUDA stream during the forward (default: the engine's)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8], help="requests per generate call")
     p.add_argument("--num-frames", type=int, default=64, help="frames per request")
     p.add_argument("--frame-size", type=int, default=None, help="frame height = width (default: the CLIP crop)")
@@ -139,7 +141,8 @@ def run(args) -> dict:
     if args.commit is not None:
         env["commit"], env["checkout_commit"] = args.commit, env["commit"]
     log(f"vxl from {vxl.__file__}")
-    llm = vxl.LLM(model=args.model, device=args.device)
+    extra = {} if args.vision_overlap is None else {"vision_overlap": args.vision_overlap == "on"}
+    llm = vxl.LLM(model=args.model, device=args.device, **extra)   # extra: only engines that know the setting
     size = args.frame_size or llm.loaded.image_processor.crop_size
     timer = TimedEncode(llm.model)
     levels = {}
@@ -156,7 +159,7 @@ def run(args) -> dict:
         f"frames/s, in one call {micro['one_call_frames_per_s']:.0f} frames/s ({micro['one_call_over_separate']:.2f}x)")
     core_model = getattr(getattr(llm, "core", None), "model", None)
     return {"env": env, "load_average_1m_end": os.getloadavg()[0], "note": args.note,
-            "vxl_source": os.path.dirname(vxl.__file__), "model": args.model, "device": args.device,
+            "vxl_source": os.path.dirname(vxl.__file__), "model": args.model, "device": args.device, "vision_overlap": args.vision_overlap,
             "threads": args.threads, "num_frames": args.num_frames, "frame_size": size,
             "tokens_per_frame": llm.model.tokens_per_frame, "beacon_window": llm.config.beacon_window,
             "core_model_is_llm_model": None if core_model is None else core_model is llm.model,

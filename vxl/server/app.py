@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from vxl.server import openapi
+from vxl.engine.request import RequestOutput
 from vxl.server.async_llm import AsyncLLM, EncodeError
 from vxl.server.media import MediaError, MediaLimits
 from vxl.server.metrics import ServerMetrics
@@ -139,10 +140,10 @@ def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int 
             return metrics.count(output_error(first.output))
         metrics.first_token(time.perf_counter() - started)
         if req.stream:
-            events = sse_events(llm, served_model_name, rid, req, first, stream, metrics, started)
+            events = sse_events(engine, served_model_name, rid, req, first, stream, metrics, started)
             return StreamingResponse(events, media_type="text/event-stream")
         try:
-            return metrics.count(await complete(llm, served_model_name, rid, req, first, stream, request, metrics,
+            return metrics.count(await complete(engine, served_model_name, rid, req, first, stream, request, metrics,
                                                 started))
         finally:
             req.media.cleanup()
@@ -151,9 +152,10 @@ def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int 
     return app
 
 
-async def complete(llm, model: str, rid: str, req: ChatRequest, first, stream, request: Request, metrics,
-                   started: float) -> JSONResponse:
+async def complete(engine: AsyncLLM, model: str, rid: str, req: ChatRequest, first, stream, request: Request,
+                   metrics, started: float) -> JSONResponse:
     """The whole answer as one ChatCompletion (stop strings applied)."""
+    llm = engine.llm
     text = TextStream(llm.tokenizer, req.stop)
     delta = first
     while True:
@@ -165,8 +167,8 @@ async def complete(llm, model: str, rid: str, req: ChatRequest, first, stream, r
             return error("the client disconnected", 499)
         delta = await stream.__anext__()
     output = delta.output
-    if output is None:              # a stop string ended it: the rest is aborted by aclose()
-        output = await final_of(llm, rid, text)
+    if output is None:              # a stop string ended it: the engine stops it now
+        output = await final_of(engine, rid, text)
     if output.finish_reason == "error":
         return output_error(output)
     metrics.finished(output, time.perf_counter() - started)
@@ -177,16 +179,20 @@ async def complete(llm, model: str, rid: str, req: ChatRequest, first, stream, r
     return JSONResponse(body)
 
 
-async def final_of(llm, rid: str, text: TextStream):
-    """The output of a request a stop string ended: the engine's metrics, our tokens."""
-    from vxl.engine.request import RequestOutput
-    return RequestOutput(rid, text.text, list(text.token_ids), None, "stop", None, {})
+async def final_of(engine: AsyncLLM, rid: str, text: TextStream) -> RequestOutput:
+    """The output of a request a stop string ended: the engine stops it (its pages return) and its metrics
+    and logprobs are kept; the text and tokens are those up to the stop string."""
+    stopped = await engine.stop(rid)
+    metrics = dict(stopped.metrics) if stopped is not None else {}
+    logprobs = stopped.logprobs[:len(text.token_ids)] if stopped is not None and stopped.logprobs is not None else None
+    return RequestOutput(rid, text.text, list(text.token_ids), logprobs, "stop", None, metrics)
 
 
-async def sse_events(llm, model: str, rid: str, req: ChatRequest, first, stream, metrics, started: float):
+async def sse_events(engine: AsyncLLM, model: str, rid: str, req: ChatRequest, first, stream, metrics,
+                     started: float):
     """Server-sent events: a role chunk, content chunks, the finish chunk, usage if asked, [DONE]."""
     created = int(time.time())
-    text = TextStream(llm.tokenizer, req.stop)
+    text = TextStream(engine.llm.tokenizer, req.stop)
 
     def event(obj: dict) -> str:
         return f"data: {json.dumps(obj)}\n\n"
@@ -201,7 +207,7 @@ async def sse_events(llm, model: str, rid: str, req: ChatRequest, first, stream,
             if delta.output is not None or text.stopped:
                 break
             delta = await stream.__anext__()
-        output = delta.output if delta.output is not None else await final_of(llm, rid, text)
+        output = delta.output if delta.output is not None else await final_of(engine, rid, text)
         if output.finish_reason == "error":
             yield event(error_body(output.error or "request failed", 500 if output.error_type == "server_error"
                                    else 400, output.error_type))

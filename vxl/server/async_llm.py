@@ -36,6 +36,7 @@ class AsyncLLM:
     def __init__(self, llm, idle_wait_s: float = 0.05):
         self.llm = llm
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._handles: dict[str, object] = {}          # request id -> the core's handle (its output when it ends)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -69,7 +70,9 @@ class AsyncLLM:
         finished = False
         try:
             # preparation opens the video and may wait for the engine's lock: off the event loop
-            await asyncio.to_thread(self.core.add_request, {**request, "request_id": rid}, params)
+            handle = await asyncio.to_thread(self.core.add, {**request, "request_id": rid}, params)
+            with self._lock:
+                self._handles[rid] = handle
             self._wake.set()
             while True:
                 delta = await queue.get()
@@ -80,8 +83,19 @@ class AsyncLLM:
         finally:
             with self._lock:
                 self._streams.pop(rid, None)
+                self._handles.pop(rid, None)
             if not finished:        # the consumer went away: the request's pages return now
                 await asyncio.to_thread(self.core.abort, rid)
+
+    async def stop(self, request_id: str) -> RequestOutput | None:
+        """End a request now (a stop string was found in its text): its pages return and its output, as the
+        engine has it so far (metrics, logprobs), is returned; None if it is not in flight here."""
+        with self._lock:
+            handle = self._handles.get(request_id)
+        if handle is None:
+            return None
+        await asyncio.to_thread(self.core.abort_handle, handle)
+        return handle.output
 
     async def encode(self, request: dict) -> VideoMemory:
         """Encode a request's video into a VideoMemory as an engine job interleaved with other requests;

@@ -1,0 +1,69 @@
+"""The chat route in process (FastAPI's TestClient, no socket): an answer cut by a `stop` string keeps the
+engine's usage and metrics and returns its pages, plain and streamed, and equals the same answer without
+`stop` up to the stop string."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from vxl import LLM
+from vxl.server.app import build_app
+from vxl.server.media import MediaLimits
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    llm = LLM("tiny", device="cpu", dtype="float32")
+    app = build_app(llm, "tiny", MediaLimits(str(tmp_path_factory.mktemp("media"))))
+    with TestClient(app) as c:
+        c.llm = llm
+        yield c
+
+
+def ask(client, **extra) -> dict:
+    body = {"model": "tiny", "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": "Say something about the weather."}], **extra}
+    reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def stream_events(client, **extra) -> list[dict]:
+    body = {"model": "tiny", "max_tokens": 16, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "Say something about the weather."}], **extra}
+    with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+        assert reply.status_code == 200
+        lines = [line[len("data: "):] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_a_stop_string_keeps_usage_and_metrics(client):
+    full = ask(client)
+    text = full["choices"][0]["message"]["content"]
+    assert len(text) > 4, text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = ask(client, stop=[stop])
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["choices"][0]["message"]["content"] == text[:text.index(stop)]
+    assert cut["usage"]["prompt_tokens"] == full["usage"]["prompt_tokens"] > 0
+    assert cut["usage"]["completion_tokens"] <= full["usage"]["completion_tokens"]
+    assert cut["vxl_metrics"] and cut["vxl_metrics"].keys() == full["vxl_metrics"].keys()
+    usage = client.llm.kv_cache_usage()
+    assert usage["num_free_pages"] == usage["num_pages"]
+
+
+def test_a_streamed_stop_string_keeps_usage(client):
+    full = ask(client)
+    text = full["choices"][0]["message"]["content"]
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    events = stream_events(client, stop=[stop])
+    content = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert content == text[:text.index(stop)]
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
+    assert events[-1]["usage"]["prompt_tokens"] == full["usage"]["prompt_tokens"] > 0
+    usage = client.llm.kv_cache_usage()
+    assert usage["num_free_pages"] == usage["num_pages"]
