@@ -28,6 +28,7 @@ from vxl.kernels.decode_attention import decode_attention
 from vxl.kernels.interleave import interleave_add, typed_qkv_rope_interleaved
 from vxl.kernels.typed_qkv import typed_qkv_rope
 from vxl.kernels.window_attention import window_attention
+from vxl.vst import interleave
 
 HIDDEN, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, THETA, WINDOW, PAGE_SIZE = 3584, 28, 4, 128, 1e6, 1440, 16
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,8 +36,8 @@ PEAK_GBS = {"H100 80GB HBM3": 3350, "H100 NVL": 3900, "H100 PCIe": 2000, "H200":
 
 
 def interleave_is_vst(num_raw: int, ratio: int, rem: int = 0) -> torch.Tensor:
-    """Slot j of a window is a VST iff j % (r+1) == r - rem (Video-XL interleave rule)."""
-    return torch.arange(num_raw + (num_raw + rem) // ratio) % (ratio + 1) == ratio - rem
+    """is_vst of one window (`vxl.vst.interleave`, the Video-XL interleave rule)."""
+    return interleave(num_raw, ratio, rem)[0]
 
 
 def paged(lens, num_kv_heads, head_dim, page_size, dtype, device):

@@ -18,7 +18,7 @@ from bench.common import REPO_ROOT, PeakRSS, generate_frames, read_status_bytes
 from bench.flops import peak_flops, request_flops
 from vxl import LLM, SamplingParams
 from vxl.engine.llm import resolve_dtype
-from vxl.engine.vst import count_vst
+from vxl.vst import count_vst
 
 PROMPT = "Describe what happens in this video."
 PROMPT_TOKEN_MARGIN = 512      # page-pool room for the prompt's text tokens

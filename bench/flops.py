@@ -3,7 +3,7 @@ decode) and the model FLOPs utilisation (MFU) against the GPU's dense bf16/fp16 
 A multiply-add counts 2 FLOPs; attention counts QK^T and PV (4 * head_dim per query-key pair and head)."""
 from __future__ import annotations
 
-from vxl.engine.vst import window_lengths
+from vxl.vst import window_lengths
 
 # dense (no sparsity) bf16/fp16 tensor-core peaks, FLOP/s, by a substring of the device name
 PEAK_FLOPS_16BIT = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),

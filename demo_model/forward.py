@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vxl.engine.vst import interleave, window_lengths
+from vxl.vst import interleave, window_lengths
 from vxl.kernels.reference import rope_cos_sin, rotate_with
 from vxl.model.video_llm import VideoXLForCausalLM
 

@@ -19,7 +19,7 @@ from demo_model.data import make_training_sample
 from demo_model.malloc import keep_freed_memory
 from demo_model.pretrain import PretrainConfig, pretrain_text, pretrain_vision, text_params, vision_params
 from vxl.demo.tasks import DIGIT_PROB, TASKS
-from vxl.engine.vst import window_lengths
+from vxl.vst import window_lengths
 from vxl.model.tiny import save_checkpoint
 
 

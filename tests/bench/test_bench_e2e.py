@@ -16,7 +16,7 @@ from bench import e2e  # noqa: E402
 from bench.common import PeakRSS, env_info  # noqa: E402
 from bench.flops import llm_row_flops, request_flops  # noqa: E402
 from bench.scaling import fit_quadratic  # noqa: E402
-from vxl.engine.vst import count_vst  # noqa: E402
+from vxl.vst import count_vst  # noqa: E402
 from vxl.model.tiny import TINY_CLIP, tiny_model_config  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

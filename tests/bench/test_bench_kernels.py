@@ -10,7 +10,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from bench import bench_kernels  # noqa: E402
-from vxl.engine.vst import interleave  # noqa: E402
+from vxl.vst import interleave  # noqa: E402
 
 
 def test_precheck_fp32_cpu(capsys):

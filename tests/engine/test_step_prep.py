@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import paged_cache
-from vxl.engine.vst import interleave
+from vxl.vst import interleave
 from vxl.kernels import reference
 
 

@@ -10,7 +10,7 @@ import torch
 
 from vxl import LLM, SamplingParams
 from vxl.cli import main, write_demo_video
-from vxl.engine.vst import window_lengths
+from vxl.vst import window_lengths
 
 
 @pytest.fixture(scope="module")

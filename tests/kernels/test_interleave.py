@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import assert_half_error_within_twice_torch
 
-from vxl.engine.vst import interleave
+from vxl.vst import interleave
 from vxl.kernels import reference
 from vxl.kernels.interleave import interleave_add, typed_qkv_rope_interleaved
 

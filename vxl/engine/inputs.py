@@ -15,7 +15,7 @@ from vxl.config import IMAGE_TOKEN_INDEX, EngineConfig, ModelConfig
 from vxl.engine.request import Request
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.visual import EmbedsTokens, PrecomputedTokens, VideoTokens
-from vxl.engine.vst import count_vst, max_usable_ratio
+from vxl.vst import count_vst, max_usable_ratio
 from vxl.model.clip_configs import ImageProcessorConfig
 
 SYSTEM_PROMPT = "You are a helpful assistant."

@@ -13,7 +13,7 @@ import torch
 from transformers import CLIPVisionConfig
 
 from vxl.config import ModelConfig
-from vxl.engine.vst import count_vst
+from vxl.vst import count_vst
 from vxl.model.registry import model_configs
 from vxl.model.vision import num_patches, tokens_per_frame
 

@@ -19,7 +19,7 @@ import torch
 from vxl.engine.kv_cache import BlockTable
 from vxl.engine.sampler import LogitRow, SamplingParams
 from vxl.engine.visual import VisualSupplier
-from vxl.engine.vst import vst_mask, window_lengths
+from vxl.vst import vst_mask, window_lengths
 
 
 @dataclass(kw_only=True)

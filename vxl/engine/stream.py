@@ -24,7 +24,7 @@ from vxl.engine.inputs import RequestError, check_ratio
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Chunk, Sequence
 from vxl.engine.visual import PrecomputedTokens
-from vxl.engine.vst import count_vst
+from vxl.vst import count_vst
 
 if TYPE_CHECKING:
     from vxl.engine.core import EngineCore

@@ -46,7 +46,7 @@ def _slot_rows(tile, num_src, num_tokens, cu_seqlens_ptr, cu_src_ptr, ratios_ptr
     ratio = tl.load(ratios_ptr + chunk).to(tl.int32)
     rem = tl.load(rems_ptr + chunk).to(tl.int32)
     if is_vst_tile:
-        vst_idx = offs - (slot_start - src_start)
+        vst_idx = offs - (slot_start - src_start)        # the k-th VST sits at slot r - rem + k (r + 1): vxl.vst
         slots = slot_start + ratio - rem + vst_idx * (ratio + 1)
         src_rows = tl.zeros([BLOCK_M], dtype=tl.int32) + num_src
     else:

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vxl.vst import is_vst_slot
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qwen2 RMSNorm: normalise in float32, cast back, then scale (same rounding order as HF)."""
@@ -94,7 +96,7 @@ def interleave_slots(src: torch.Tensor, beacon: torch.Tensor, cu_seqlens: torch.
     for b in range(ratios.shape[0]):
         start, end, ratio, rem = int(cu_seqlens[b]), int(cu_seqlens[b + 1]), int(ratios[b]), int(rems[b])
         if ratio > 0:
-            is_vst[start:end] = torch.arange(end - start, device=src.device) % (ratio + 1) == ratio - rem
+            is_vst[start:end] = is_vst_slot(torch.arange(end - start, device=src.device), ratio, rem)
         num_raw = end - start - int(is_vst[start:end].sum())
         assert num_raw == int(cu_src[b + 1]) - int(cu_src[b]), f"chunk {b}: slots and source rows disagree"
     hidden = torch.empty(num_tokens, src.shape[1], dtype=src.dtype, device=src.device)
