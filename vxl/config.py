@@ -111,6 +111,9 @@ class ModelConfig:
             raise ValueError("beacon_stride != beacon_window (overlapping windows) is not supported")
         if self.beacon_sink_size != 0:
             raise ValueError("beacon_sink_size != 0 is not supported")
+        if self.beacon_attn != "full-coverage":
+            # each VST attends to every kept entry before it and its whole window: the released model's setting
+            raise ValueError(f"beacon_attn={self.beacon_attn!r} is not supported; vxl implements 'full-coverage'")
         if self.mm_vision_tower is not None:
             if self.mm_projector_type != "mlp2x_gelu":
                 raise ValueError(f"mm_projector_type={self.mm_projector_type!r} is not supported (mlp2x_gelu only)")

@@ -30,6 +30,7 @@ def test_caps_refuse_alone_and_name_the_cap(capped, monkeypatch):
     assert "max_frames (8)" in outs[0].error and "max_frames (8)" in outs[1].error
     assert "max_images (3)" in outs[2].error and not opened
     assert "max_prompt_tokens (200)" in outs[3].error
+    assert [o.error_type for o in outs[:4]] == ["too_large"] * 4          # a server answers 413
     usage = capped.kv_cache_usage()
     assert usage["num_free_pages"] == usage["num_pages"]
 
@@ -65,3 +66,25 @@ def test_the_pixel_cap_refuses_an_image_from_its_header(tmp_path):
 def test_bad_caps_are_refused_at_construction(name, value):
     with pytest.raises(ValueError, match=name):
         LLM("tiny", device="cpu", **{name: value})
+
+
+def test_positions_past_the_trained_range_are_warned_about(tmp_path):
+    from helpers import small_config, write_checkpoint
+    path = tmp_path / "ckpt"
+    write_checkpoint(path, small_config(max_position_embeddings=64), seed=1)
+    llm = LLM(str(path), device="cpu", dtype="float32")
+    with pytest.warns(RuntimeWarning, match="max_position_embeddings"):
+        out = llm.generate({"prompt_token_ids": list(range(2, 60)), "request_id": "long"},
+                           SamplingParams(max_tokens=30), use_tqdm=False)[0]
+    assert out.error is None                        # computed as asked
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llm.generate({"prompt_token_ids": [2, 3]}, SamplingParams(max_tokens=2), use_tqdm=False)
+
+
+def test_unsupported_beacon_attn_is_refused():
+    from vxl.config import ModelConfig
+    from helpers import small_config
+    with pytest.raises(ValueError, match="beacon_attn='segmentation' is not supported"):
+        ModelConfig.from_dict({**small_config().to_dict(), "beacon_attn": "segmentation"})

@@ -38,7 +38,7 @@ def check_output(req, out, expect) -> None:
     if expect is OK:
         assert out.error is None and out.finish_reason in ("stop", "length"), (req, out.error)
     elif expect:
-        assert out.finish_reason == "error" and out.error_type == "bad_request", (req, out)
+        assert out.finish_reason == "error" and out.error_type in ("bad_request", "too_large"), (req, out)
         assert any(w.lower() in out.error.lower() for w in expect), (expect, out.error)
     else:
         assert out.finish_reason in ("stop", "length", "error") and (out.finish_reason == "error") == bool(out.error)

@@ -1,6 +1,6 @@
 """The chat route in process (FastAPI's TestClient, no socket): an answer cut by a `stop` string keeps the
 engine's usage and metrics and returns its pages, plain and streamed, and equals the same answer without
-`stop` up to the stop string."""
+`stop` up to the stop string; every engine cap answers 413."""
 from __future__ import annotations
 
 import json
@@ -66,4 +66,20 @@ def test_a_streamed_stop_string_keeps_usage(client):
     assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
     assert events[-1]["usage"]["prompt_tokens"] == full["usage"]["prompt_tokens"] > 0
     usage = client.llm.kv_cache_usage()
+    assert usage["num_free_pages"] == usage["num_pages"]
+
+
+def test_every_engine_cap_answers_413(tmp_path):
+    llm = LLM("tiny", device="cpu", dtype="float32", max_prompt_tokens=100, kv_cache_bytes=2**20)
+    app = build_app(llm, "tiny", MediaLimits(str(tmp_path)))
+    long_prompt = {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "word " * 200}]}
+    too_many_tokens = {"model": "tiny", "max_tokens": 100_000, "messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(app) as c:
+        for body, words in ((long_prompt, "max_prompt_tokens (100)"), (too_many_tokens, "kept tokens")):
+            reply = c.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 413, reply.text
+            assert words in reply.json()["error"]["message"] and reply.json()["error"]["code"] == "too_large"
+        assert c.post("/v1/chat/completions", json={**long_prompt, "messages": [
+            {"role": "user", "content": "hi"}]}).status_code == 200
+    usage = llm.kv_cache_usage()
     assert usage["num_free_pages"] == usage["num_pages"]

@@ -3,6 +3,7 @@
 them (the core reports them as that request's error)."""
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,7 +46,17 @@ class Admission:
             return self._stream_question(index, request, params, default_id)
         prep = prepare_request(self.inputs, request, params)
         rid = prep.request_id if prep.request_id is not None else default_id
+        self._warn_past_trained_positions(prep.max_kept_tokens(self.model_config, params), rid)
         return self._sequence_of(prep, params, rid, index, self.generator(params, index))
+
+    def _warn_past_trained_positions(self, max_kept: int, rid: str) -> None:
+        """RoPE positions run to the kept entries plus one window of raw rows: past the model's
+        max_position_embeddings the answer is computed as asked but the model never saw such positions."""
+        last = max_kept + self.model_config.beacon_window
+        if last > self.model_config.max_position_embeddings:
+            warnings.warn(f"request {rid}: positions up to {last} pass the model's max_position_embeddings "
+                          f"({self.model_config.max_position_embeddings}); raise the compression ratio or lower "
+                          f"num_frames to stay where the model was trained", RuntimeWarning, stacklevel=2)
 
     def _sequence_of(self, prep, params: SamplingParams, rid: str, index: int, generator,
                      is_encode_job: bool = False) -> tuple[Sequence, int]:

@@ -28,7 +28,7 @@ import torch
 from vxl.config import EngineConfig
 from vxl.engine.admission import Admission
 from vxl.engine.cuda_graphs import DecodeGraphs
-from vxl.engine.inputs import InputContext
+from vxl.engine.inputs import InputContext, RequestError
 from vxl.engine.kv_cache import BlockTable, KVCache
 from vxl.engine.outputs import EncodeResult, Rejected, StepOutput, encode_result, request_output
 from vxl.engine.preprocess import preprocess_frames
@@ -45,6 +45,11 @@ from vxl.model.loader import LoadedModel
 # per chunk kind: its stage in metrics["seconds"], and the NVTX range around the layers that run it
 STAGE_OF_KIND = {"window": "windows", "text": "text_prefill", "decode": "decode"}
 RANGE_OF_KIND = {"window": "windows", "text": "text-prefill", "decode": "decode"}
+
+
+def error_type_of(exc: Exception) -> str:
+    """A refused request's error type: "too_large" over a cap, else "bad_request"."""
+    return exc.error_type if isinstance(exc, RequestError) else "bad_request"
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -160,7 +165,7 @@ class EngineCore:
                     request.request_id if isinstance(request, Request) else None
                 rid = str(rid if rid is not None else default_id)
                 return self._reject(Rejected(rid, RequestOutput(rid, finish_reason="error", error=str(exc),
-                                                                error_type="bad_request")))
+                                                                error_type=error_type_of(exc))))
             return self._admit(seq, max_kept)
 
     def encode(self, request, *, prefix_token_ids: list[int] | None = None,
@@ -175,7 +180,7 @@ class EngineCore:
             try:
                 seq, max_kept = self.admission.encode_job(Request.from_any(request), prefix_token_ids, jid)
             except Exception as exc:
-                return self._reject(Rejected(jid, EncodeResult(jid, error=str(exc), error_type="bad_request"),
+                return self._reject(Rejected(jid, EncodeResult(jid, error=str(exc), error_type=error_type_of(exc)),
                                              is_encode_job=True))
             return self._admit(seq, max_kept)
 

@@ -23,7 +23,14 @@ IMAGE_PLACEHOLDER = "<image>"
 
 
 class RequestError(ValueError):
-    pass
+    """A problem with a request (its own fault): finish_reason "error", error_type "bad_request"."""
+    error_type = "bad_request"
+
+
+class OverCap(RequestError):
+    """A request over one of the engine's caps (frames, images, prompt tokens, image pixels, the KV cache):
+    error_type "too_large" (a server answers 413)."""
+    error_type = "too_large"
 
 
 @dataclass(frozen=True)
@@ -288,7 +295,7 @@ def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | No
     frames = (visual.num_frames or 0) if visual is not None else 0
     if cap is not None and req.video is not None and frames > cap:
         visual.close()
-        raise RequestError(f"the video gives {frames} frames, over the engine's max_frames ({cap}); ask for "
+        raise OverCap(f"the video gives {frames} frames, over the engine's max_frames ({cap}); ask for "
                            f"num_frames <= {cap}")
     return PreparedRequest(rid, ids, placeholder, visual, ratio)
 
@@ -297,8 +304,8 @@ def check_caps(ec, req: Request, ids: list[int]) -> None:
     """The engine's per-request caps that are known before any input is opened."""
     text = len(ids) - (IMAGE_TOKEN_INDEX in ids)
     if ec.max_prompt_tokens is not None and text > ec.max_prompt_tokens:
-        raise RequestError(f"the prompt has {text} tokens, over the engine's max_prompt_tokens ({ec.max_prompt_tokens})")
+        raise OverCap(f"the prompt has {text} tokens, over the engine's max_prompt_tokens ({ec.max_prompt_tokens})")
     if ec.max_images is not None and isinstance(req.images, (list, tuple)) and len(req.images) > ec.max_images:
-        raise RequestError(f"{len(req.images)} images are over the engine's max_images ({ec.max_images})")
+        raise OverCap(f"{len(req.images)} images are over the engine's max_images ({ec.max_images})")
     if ec.max_frames is not None and isinstance(req.num_frames, int) and req.num_frames > ec.max_frames:
-        raise RequestError(f"num_frames {req.num_frames} is over the engine's max_frames ({ec.max_frames})")
+        raise OverCap(f"num_frames {req.num_frames} is over the engine's max_frames ({ec.max_frames})")

@@ -47,7 +47,7 @@ class Scheduler:
     def add(self, seq: Sequence, max_kept_tokens: int) -> None:
         pages = self.manager.pages_for(max_kept_tokens) + 1    # +1: a fresh page when a shared one is partial
         if pages > self.manager.num_pages:
-            seq.fail(self._too_big(max_kept_tokens, pages, self.manager.num_pages))
+            seq.fail(self._too_big(max_kept_tokens, pages, self.manager.num_pages), "too_large")
             return
         self.waiting.append((seq, pages, max_kept_tokens))
 
@@ -74,7 +74,7 @@ class Scheduler:
                     continue
                 if not self.running:        # nothing running will free pages: it can never be admitted
                     self.waiting.popleft()
-                    seq.fail(self._too_big(max_kept, pages, available))
+                    seq.fail(self._too_big(max_kept, pages, available), "too_large")
                     self.dropped.append(seq)
                     continue
                 return

@@ -32,8 +32,13 @@ def error(message: str, status: int, code: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(message, status, code), status_code=status)
 
 
+def status_of(output) -> int:
+    """The HTTP status of a request the engine failed: 500 a fault while it ran, 413 over a cap, else 400."""
+    return {"server_error": 500, "too_large": 413}.get(output.error_type, 400)
+
+
 def output_error(output) -> JSONResponse:
-    status = 500 if output.error_type == "server_error" else 400
+    status = status_of(output)
     return error(output.error or "request failed", status, output.error_type)
 
 
@@ -209,8 +214,7 @@ async def sse_events(engine: AsyncLLM, model: str, rid: str, req: ChatRequest, f
             delta = await stream.__anext__()
         output = delta.output if delta.output is not None else await final_of(engine, rid, text)
         if output.finish_reason == "error":
-            yield event(error_body(output.error or "request failed", 500 if output.error_type == "server_error"
-                                   else 400, output.error_type))
+            yield event(error_body(output.error or "request failed", status_of(output), output.error_type))
         else:
             reason = "stop" if text.stopped else output.finish_reason
             yield event(chunk(rid, model, created, {}, reason))
