@@ -6,17 +6,19 @@ import argparse
 import sys
 import time
 
+from vxl import defaults
+
 
 def add_stream_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("stream", help="replay a video as a live feed and ask a standing question as it plays")
     p.add_argument("video", help="a video file")
     p.add_argument("--prompt", required=True, help="the standing question")
-    p.add_argument("--model", default="demo", help="a built-in model name or a checkpoint directory")
+    p.add_argument("--model", default=defaults.MODEL, help="a built-in model name or a checkpoint directory")
     p.add_argument("--fps", type=float, default=1.0, help="frames per second of video fed to the model")
     p.add_argument("--every", type=float, default=10.0, help="ask every this many seconds of video")
     p.add_argument("--realtime", action="store_true", help="feed at the video's real speed (default: as fast as possible)")
     p.add_argument("--compression-ratio", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=defaults.MAX_TOKENS)
     p.add_argument("--device", default=None)
     return p
 

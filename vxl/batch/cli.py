@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vxl import defaults
 from vxl.batch.jobs import JobDefaults, OutputFile, make_units, read_items
 
 
@@ -26,7 +27,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("input", help="JSONL: one request dict per line (prompt, video, num_frames, "
                                  "compression_ratio, request_id, max_tokens, temperature, top_p, top_k, seed)")
     p.add_argument("--out", required=True, help="output JSONL; a rerun skips the request ids it already holds")
-    p.add_argument("--model", default="demo", help="a built-in model name or a checkpoint directory")
+    p.add_argument("--model", default=defaults.MODEL, help="a built-in model name or a checkpoint directory")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
@@ -37,7 +38,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("request defaults (a line's own fields win)")
     g.add_argument("--num-frames", type=_int_at_least(1), default=None)
     g.add_argument("--compression-ratio", type=_int_at_least(1), default=None)
-    g.add_argument("--max-tokens", type=_int_at_least(1), default=64)
+    g.add_argument("--max-tokens", type=_int_at_least(1), default=defaults.MAX_TOKENS)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=_int_at_least(0), default=0)

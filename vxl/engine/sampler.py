@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vxl import defaults
+
 
 # the cap on `logprobs` for callers that are not trusted (vLLM's default max_logprobs): a large k returns
 # most of the vocabulary per token. An engine setting (`EngineConfig.max_logprobs`, checked when a request
@@ -62,7 +64,7 @@ class SamplingParams:
     the top token); None for the first token, the video placeholder, the token after it, and the tokens
     already held by a video memory or stream. Each prompt chunk then computes float32 logits for all its
     rows. Every value is checked here; a bad one raises ValueError naming it."""
-    max_tokens: int = 64
+    max_tokens: int = defaults.MAX_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0

@@ -11,6 +11,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from loguru import logger
 
+from vxl import defaults
 from vxl.engine.inputs import prompt_ids_from_text
 from vxl.engine.request import RequestOutput
 from vxl.engine.sampler import SamplingParams
@@ -45,7 +46,7 @@ class VXL(lmms):
     """
 
     def __init__(self, pretrained: str = "demo", num_frames: int | None = None,
-                 compression_ratio: int | None = None, batch_size: int | str = 1, max_new_tokens: int = 1024,
+                 compression_ratio: int | None = None, batch_size: int | str = 1, max_new_tokens: int = defaults.EVAL_MAX_NEW_TOKENS,
                  max_batch_size: int | None = None, device: str | None = None, **engine_kwargs):
         super().__init__()
         from vxl import LLM

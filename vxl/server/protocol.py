@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from vxl import defaults
 from vxl.engine.inputs import SYSTEM_PROMPT
 from vxl.engine.request import RequestOutput
 from vxl.engine.sampler import MAX_LOGPROBS, SamplingParams
@@ -18,7 +19,6 @@ from vxl.server.media import Media, MediaError, MediaLimits, resolve_image, reso
 KNOWN_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed",
                 "stop", "logprobs", "top_logprobs", "n", "stream", "stream_options", "media_io_kwargs",
                 "compression_ratio", "user", "frequency_penalty", "presence_penalty"}
-DEFAULT_MAX_TOKENS = 256
 
 
 class BadRequest(ValueError):
@@ -112,7 +112,8 @@ def num_frames_of(body: dict, limits: MediaLimits) -> int:
     _expect(isinstance(kwargs, dict), "media_io_kwargs must be an object")
     video = _or_default(kwargs.get("video"), {})
     _expect(isinstance(video, dict), "media_io_kwargs.video must be an object")
-    n = video.get("num_frames", limits.max_frames)
+    # a request without num_frames samples as it would offline (vxl.defaults), within the server's cap
+    n = video.get("num_frames", min(defaults.NUM_FRAMES, limits.max_frames))
     _expect(isinstance(n, int) and not isinstance(n, bool) and n >= 1, "media_io_kwargs.video.num_frames must be an "
             f"int >= 1, got {n!r}")
     if n > limits.max_frames:
@@ -128,7 +129,7 @@ def sampling_params(body: dict) -> tuple[SamplingParams, list[str]]:
         _expect(value is None or (type(value) is int and value >= least), f"{name} must be an int >= {least} or "
                 f"null, got {value!r}")
     max_tokens = body.get("max_completion_tokens")
-    max_tokens = _or_default(_or_default(max_tokens, body.get("max_tokens")), DEFAULT_MAX_TOKENS)
+    max_tokens = _or_default(_or_default(max_tokens, body.get("max_tokens")), defaults.MAX_TOKENS)
     stop = _or_default(body.get("stop"), [])
     stop = [stop] if isinstance(stop, str) else stop
     _expect(isinstance(stop, list) and all(isinstance(s, str) and s for s in stop) and len(stop) <= 8,

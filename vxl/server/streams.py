@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from vxl import defaults
 from vxl.engine.sampler import SamplingParams
 from vxl.server import openapi
 from vxl.server.media import MediaError, MediaLimits, check_image_size
@@ -145,7 +146,7 @@ def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, limits: Me
             every = body.get("every_n_windows", 1)
             if isinstance(every, bool) or not isinstance(every, int) or every < 1:
                 raise ValueError(f"every_n_windows must be an int >= 1, got {every!r}")
-            params = SamplingParams(max_tokens=body.get("max_tokens", 64), temperature=body.get("temperature", 0.0))
+            params = SamplingParams(max_tokens=body.get("max_tokens", defaults.MAX_TOKENS), temperature=body.get("temperature", 0.0))
             prompt = body.get("prompt")
             if not isinstance(prompt, str):
                 raise ValueError(f"watch needs a string prompt, got {type(prompt).__name__}")
