@@ -11,6 +11,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from vxl.checks import int_at_least
+
 IMAGE_TOKEN_INDEX = -200
 # most `image_grid_pinpoints` a checkpoint may list: every image compares its size with each of them, and the
 # grid form "(1x1),...,(AxB)" expands to A x B of them (released configs have 5 to 36)
@@ -190,22 +192,13 @@ class EngineConfig:
             raise ValueError("kv_cache_bytes must be positive")
         if self.text_chunk_size is not None and self.text_chunk_size <= 0:
             raise ValueError("text_chunk_size must be positive")
-        if not isinstance(self.video_decode_workers, int) or self.video_decode_workers < 1:
-            raise ValueError("video_decode_workers must be an int >= 1")
-        if self.max_logprobs is not None and (not isinstance(self.max_logprobs, int) or self.max_logprobs < 0):
-            raise ValueError(f"max_logprobs must be None or an int >= 0, got {self.max_logprobs!r}")
-        for name in ("max_frames", "max_images", "max_prompt_tokens", "max_image_pixels"):
-            cap = getattr(self, name)
-            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-                raise ValueError(f"{name} must be None or an int >= 1, got {cap!r}")
+        int_at_least("video_decode_workers", self.video_decode_workers, 1)
+        int_at_least("max_logprobs", self.max_logprobs, 0, optional=True)
+        for name in ("max_frames", "max_images", "max_prompt_tokens", "max_image_pixels", "max_vision_frames"):
+            int_at_least(name, getattr(self, name), 1, optional=True)
+        int_at_least("max_num_seqs", self.max_num_seqs, 1)
         if self.max_batch_tokens <= 0:
             raise ValueError("max_batch_tokens must be positive")
-        for name in ("max_num_seqs", "max_vision_frames"):
-            value = getattr(self, name)
-            if (value is not None or name == "max_num_seqs") and (isinstance(value, bool) or not isinstance(value, int)
-                                                                  or value < 1):
-                raise ValueError(f"{name} must be an int >= 1{' or None' if name != 'max_num_seqs' else ''}, "
-                                 f"got {value!r}")
         if self.vision_overlap is not None and not isinstance(self.vision_overlap, bool):
             raise ValueError(f"vision_overlap must be None or a bool, got {self.vision_overlap!r}")
 

@@ -10,6 +10,7 @@ import sys
 import zlib
 from dataclasses import asdict, dataclass, field
 
+from vxl.checks import int_at_least
 from vxl.engine.sampler import SamplingParams
 
 # what a line may hold: the JSON-expressible request fields of DESIGN section 5, plus sampling fields
@@ -83,17 +84,12 @@ def default_seed(request_id: str) -> int:
     return zlib.crc32(request_id.encode("utf-8"))
 
 
-def _check_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 def _check_request(req: dict, base_dir: str) -> None:
     """Cheap checks that name a bad line's problem before any work; paths become absolute (Ray actors
     may run elsewhere). The engine checks the rest and reports it as the request's error."""
     for name in ("num_frames", "compression_ratio"):
         if req.get(name) is not None:
-            _check_int(name, req[name])
+            int_at_least(name, req[name], 1)
     paths = [(n, req[n]) for n in PATH_FIELDS if req.get(n) is not None]
     if req.get("images") is not None:
         if not isinstance(req["images"], list) or not req["images"]:

@@ -46,8 +46,9 @@ class Admission:
             return self._stream_question(index, request, params, default_id)
         prep = prepare_request(self.inputs, request, params)
         rid = prep.request_id if prep.request_id is not None else default_id
-        self._warn_past_trained_positions(prep.max_kept_tokens(self.model_config, params), rid)
-        return self._sequence_of(prep, params, rid, index, self.generator(params, index))
+        seq, max_kept = self._sequence_of(prep, params, rid, index, self.generator(params, index))
+        self._warn_past_trained_positions(seq.kept_len + max_kept, rid)      # a memory's entries come first
+        return seq, max_kept
 
     def _warn_past_trained_positions(self, max_kept: int, rid: str) -> None:
         """RoPE positions run to the kept entries plus one window of raw rows: past the model's

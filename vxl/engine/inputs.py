@@ -4,13 +4,13 @@ and the visual token supplier (precomputed embeddings or a streamed video). Ever
 """
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from vxl.checks import int_at_least, is_int
 from vxl.config import IMAGE_TOKEN_INDEX, EngineConfig, ModelConfig
 from vxl.engine.request import Request
 from vxl.engine.sampler import SamplingParams
@@ -128,11 +128,6 @@ def prompt_ids_from_text(tokenizer, question: str, with_visual: bool) -> list[in
     return ids
 
 
-def _is_token_id(t) -> bool:
-    # ints only: 1.9 or "12" must not be silently truncated or parsed; bools are ints to Python, not ids
-    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
-
-
 def check_token_ids(ids, vocab_size: int, name: str = "prompt_token_ids") -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.dim() != 1:
@@ -141,7 +136,7 @@ def check_token_ids(ids, vocab_size: int, name: str = "prompt_token_ids") -> lis
         ids = ids.tolist()
     if not isinstance(ids, (list, tuple)):
         raise RequestError(f"{name} must be a list of ints, not {type(ids).__name__}")
-    bad = [t for t in ids if not _is_token_id(t)]
+    bad = [t for t in ids if not is_int(t)]
     if bad:
         raise RequestError(f"{name} must be a list of ints; got {', '.join(repr(t) for t in bad[:3])}")
     ids = [int(t) for t in ids]
@@ -175,9 +170,7 @@ def check_vst_count(num_visual: int, window: int, ratio: int) -> None:
 
 
 def check_ratio(ratio) -> int:
-    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
-        raise RequestError(f"compression_ratio must be an int >= 1, got {ratio!r}")
-    return ratio
+    return int_at_least("compression_ratio", ratio, 1, error=RequestError)
 
 
 def visual_from_embeds(embeds, hidden: int, device, dtype) -> EmbedsTokens:
@@ -222,8 +215,7 @@ def video_tokens(ctx: InputContext, source) -> VideoTokens:
 def visual_from_video(ctx: InputContext, video, num_frames) -> VideoTokens:
     if ctx.vision is None:
         raise RequestError("this checkpoint has no vision tower (no mm_vision_tower): give visual_embeds")
-    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
-        raise RequestError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    int_at_least("num_frames", num_frames, 1, optional=True, error=RequestError)
     if isinstance(video, torch.Tensor) and (video.layout != torch.strided or video.device.type == "meta"):
         raise RequestError(f"video must be a dense uint8 tensor holding frames, not a {video.layout} tensor on "
                            f"{video.device}")

@@ -1,13 +1,12 @@
 """Sampling parameters and the sampler: greedy, temperature, top-k, top-p, per-request seeds, logprobs."""
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 
 from vxl import defaults
+from vxl.checks import finite_real, int_at_least, is_int
 
 
 # the cap on `logprobs` for callers that are not trusted (vLLM's default max_logprobs): a large k returns
@@ -21,24 +20,6 @@ MIN_TEMPERATURE = 1e-5
 SEED_RANGE = (-2**63, 2**64)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _finite_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def _int_at_least(name: str, value, low: int, what: str = "") -> int:
-    if not _is_int(value) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}{what}, got {value!r}")
-    return int(value)
-
-
 def check_stop_token_ids(stop_token_ids) -> list[int] | None:
     """None or a list of token ids (ints >= 0, not bools); the vocabulary bound is checked against the
     model when a request is prepared (`vxl.engine.inputs.check_params`)."""
@@ -47,7 +28,7 @@ def check_stop_token_ids(stop_token_ids) -> list[int] | None:
     if isinstance(stop_token_ids, (str, bytes)) or not hasattr(stop_token_ids, "__iter__"):
         raise ValueError(f"stop_token_ids must be None or a list of ints, got {stop_token_ids!r}")
     ids = list(stop_token_ids)
-    bad = [t for t in ids if not _is_int(t) or t < 0]
+    bad = [t for t in ids if not is_int(t) or t < 0]
     if bad:
         raise ValueError(f"stop_token_ids must be ints >= 0, got {bad[:5]!r}")
     return [int(t) for t in ids]
@@ -75,22 +56,22 @@ class SamplingParams:
     prompt_logprobs: int | None = None
 
     def __post_init__(self):
-        self.max_tokens = _int_at_least("max_tokens", self.max_tokens, 1)
-        self.temperature = _finite_real("temperature", self.temperature)
+        self.max_tokens = int_at_least("max_tokens", self.max_tokens, 1)
+        self.temperature = finite_real("temperature", self.temperature)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        self.top_p = _finite_real("top_p", self.top_p)
+        self.top_p = finite_real("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        self.top_k = _int_at_least("top_k", self.top_k, 0, " (0 = off)")
+        self.top_k = int_at_least("top_k", self.top_k, 0, note=" (0 = off)")
         if self.seed is not None:
-            if not _is_int(self.seed) or not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+            if not is_int(self.seed) or not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
                 raise ValueError(f"seed must be None or an int in [-2**63, 2**64) (64 bits), got {self.seed!r}")
             self.seed = int(self.seed)
         if self.logprobs is not None:
-            self.logprobs = _int_at_least("logprobs", self.logprobs, 0)
+            self.logprobs = int_at_least("logprobs", self.logprobs, 0)
         if self.prompt_logprobs is not None:
-            self.prompt_logprobs = _int_at_least("prompt_logprobs", self.prompt_logprobs, 0)
+            self.prompt_logprobs = int_at_least("prompt_logprobs", self.prompt_logprobs, 0)
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
         self.stop_token_ids = check_stop_token_ids(self.stop_token_ids)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from vxl.checks import int_at_least
 from vxl.config import IMAGE_TOKEN_INDEX
 from vxl.engine.inputs import RequestError, check_ratio
 from vxl.engine.sampler import SamplingParams
@@ -94,13 +95,8 @@ class VideoStream:
         cfg = core.model_config
         self.ratio = check_ratio(compression_ratio if compression_ratio is not None else cfg.default_ratio)
         self.prefix_ids = list(prefix_token_ids) if prefix_token_ids is not None else core.default_prefix()
-        if not isinstance(max_queued_windows, int) or max_queued_windows < 0:
-            raise ValueError(f"max_queued_windows must be an int >= 0, got {max_queued_windows!r}")
-        self.max_queued_windows = max_queued_windows
-        if max_kept_frames is not None and (isinstance(max_kept_frames, bool) or not isinstance(max_kept_frames, int)
-                                            or max_kept_frames < 1):
-            raise ValueError(f"max_kept_frames must be None or an int >= 1, got {max_kept_frames!r}")
-        self.max_kept_frames = max_kept_frames
+        self.max_queued_windows = int_at_least("max_queued_windows", max_queued_windows, 0)
+        self.max_kept_frames = int_at_least("max_kept_frames", max_kept_frames, 1, optional=True)
         self.stream_id = "stream-" + uuid.uuid4().hex
         self.window = cfg.beacon_window
         self.tokens_per_frame = core.model.tokens_per_frame
@@ -250,8 +246,7 @@ class VideoStream:
         """A standing question: after every `every_n_windows` newly encoded windows, ask `prompt` over the
         stream and yield (frames so far, RequestOutput); nothing is encoded twice. Ends when the stream is
         closed. Frames come from other threads' `append`; windows waiting in the queue are encoded here."""
-        if not isinstance(every_n_windows, int) or every_n_windows < 1:
-            raise ValueError(f"every_n_windows must be an int >= 1, got {every_n_windows!r}")
+        int_at_least("every_n_windows", every_n_windows, 1)
         params = sampling_params or SamplingParams()
         target = self.encoder.num_windows + every_n_windows
         while not self.is_closed:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from vxl.checks import is_int
 from vxl.engine.kv_cache import BlockTable, KVCache
 
 FORMAT = "vxl-video-memory/1"
@@ -126,9 +126,6 @@ HEADER_INTS = {"ratio": 1, "num_frames": 0, "num_visual_tokens": 1, "num_vst": 0
 HEADER_STRS = ("format", "model", "checksum")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
 
 def _read_raw(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """(header dict, tensors) of a file; anything unreadable is a ValueError naming the file."""
@@ -157,10 +154,10 @@ def _check_header_types(path: str, header: dict) -> None:
         raise ValueError(f"{path}: unsupported video memory format {header['format']!r} (field 'format')")
     for field, low in HEADER_INTS.items():
         value = header.get(field)
-        if not _is_int(value) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"{path}: header field {field!r} must be an int >= {low}, got {value!r}")
     ids = header.get("prefix_token_ids")
-    if not isinstance(ids, list) or not all(_is_int(t) and t >= 0 for t in ids):
+    if not isinstance(ids, list) or not all(is_int(t) and t >= 0 for t in ids):
         raise ValueError(f"{path}: header field 'prefix_token_ids' must be a list of ints >= 0")
 
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from vxl import defaults
+from vxl.checks import int_at_least
 from vxl.engine.sampler import SamplingParams
 from vxl.server import openapi
 from vxl.server.media import MediaError, MediaLimits, check_image_size
@@ -144,8 +145,7 @@ def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, limits: Me
             if not isinstance(body, dict):
                 raise ValueError("the watch body must be a JSON object with a prompt")
             every = body.get("every_n_windows", 1)
-            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-                raise ValueError(f"every_n_windows must be an int >= 1, got {every!r}")
+            int_at_least("every_n_windows", every, 1)
             params = SamplingParams(max_tokens=body.get("max_tokens", defaults.MAX_TOKENS), temperature=body.get("temperature", 0.0))
             prompt = body.get("prompt")
             if not isinstance(prompt, str):
