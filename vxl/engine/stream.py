@@ -199,6 +199,11 @@ class VideoStream:
 
     # -- questions ---------------------------------------------------------------------------------
     @property
+    def num_windows(self) -> int:
+        """Full windows handed to the engine so far (each encoded once its step ran)."""
+        return self.encoder.num_windows
+
+    @property
     def kept_kv_bytes(self) -> int:
         return self.encoder.kept_len * self.core.bytes_per_token
 

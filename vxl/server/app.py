@@ -12,18 +12,19 @@ import json
 import time
 import uuid
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from vxl.server import openapi
 from vxl.engine.request import RequestOutput
+from vxl.server import openapi
 from vxl.server.async_llm import AsyncLLM, EncodeError
 from vxl.server.media import MediaError, MediaLimits
 from vxl.server.metrics import ServerMetrics
 from vxl.server.protocol import (BadRequest, ChatRequest, chunk, completion, error_body, logprobs_of,
                                  parse_chat_request, usage_of)
-from vxl.server.streams import StreamRegistry, add_stream_routes
+from vxl.server.state import Server, server_of
+from vxl.server.streams import StreamRegistry, stream_router
 from vxl.server.text import TextStream
 from vxl.server.video_cache import VideoCache
 
@@ -57,12 +58,189 @@ async def use_cache(cache: VideoCache, llm, req: ChatRequest) -> None:
     req.cached_visual_tokens = memory.num_visual_tokens if hit else 0
 
 
+router = APIRouter()
+
+
+@router.get("/health", **openapi.HEALTH)
+async def health():
+    return {"status": "ok"}
+
+
+@router.get("/v1/models", **openapi.MODELS)
+async def models(request: Request):
+    s = server_of(request)
+    return {"object": "list", "data": [{"id": s.served_model_name, "object": "model", "created": 0,
+                                        "owned_by": "vxl", "max_frames": s.limits.max_frames}]}
+
+
+@router.post("/vxl/video_cache/clear", **openapi.CLEAR_CACHE)
+async def clear_cache(request: Request):
+    """Release every cached video no request is using (their pages return to the pool)."""
+    cache = server_of(request).cache
+    if cache is not None:
+        await asyncio.to_thread(cache.clear)
+    return {"entries": len(cache) if cache is not None else 0}
+
+
+@router.get("/metrics", **openapi.METRICS)
+async def prometheus(request: Request):
+    body, content_type = server_of(request).metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.post("/v1/chat/completions", **openapi.CHAT)
+async def chat(request: Request):
+    s, started = server_of(request), time.perf_counter()
+    req = await admit_chat(s, request)
+    if isinstance(req, Response):
+        return s.metrics.count(req)
+    rid = "chatcmpl-" + uuid.uuid4().hex
+    stream = s.engine.generate(req.engine_request, req.params, rid)
+    try:
+        first = await stream.__anext__()
+    except BaseException:
+        req.media.cleanup()
+        await stream.aclose()
+        raise
+    if first.output is not None and first.output.finish_reason == "error":
+        req.media.cleanup()
+        await stream.aclose()
+        return s.metrics.count(output_error(first.output))
+    s.metrics.first_token(time.perf_counter() - started)
+    answer = Answer(s.engine, rid, req, first, stream)
+    if req.stream:
+        return StreamingResponse(sse_events(s, answer, started), media_type="text/event-stream")
+    try:
+        return s.metrics.count(await complete(s, answer, request, started))
+    finally:
+        req.media.cleanup()
+        await stream.aclose()
+
+
+async def admit_chat(s: Server, request: Request) -> ChatRequest | Response:
+    """The parsed request, its video answered from the cache where it can be; or the error response."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return error("the request body is not valid JSON", 400)
+    if isinstance(body, dict) and body.get("model") not in (None, s.served_model_name):
+        return error(f"model {body.get('model')!r} is not served here (only {s.served_model_name!r})", 404,
+                     "model_not_found")
+    if s.engine.num_requests >= s.max_queued:
+        return error(f"the engine has {s.max_queued} requests queued; retry later", 503)
+    try:
+        req = await asyncio.to_thread(parse_chat_request, body, s.limits, s.streams)
+    except MediaError as exc:
+        return error(str(exc), exc.status, exc.code)
+    except BadRequest as exc:
+        return error(str(exc), 400)
+    if s.cache is not None:
+        try:
+            await use_cache(s.cache, s.llm, req)
+        except EncodeError as exc:
+            req.media.cleanup()
+            return output_error(exc.output)
+        except BaseException:
+            req.media.cleanup()
+            raise
+    return req
+
+
+class ClientGone(Exception):
+    """The client of a plain (non-streamed) answer disconnected before it was complete."""
+
+
+class Answer:
+    """One request's answer as it is generated, for both plain and streamed replies: `pieces` yields the
+    text safe to send (stop strings applied); afterwards `output` is the engine's final output (or, when a
+    stop string ended it, the engine's output so far with the text up to it) and `finish_reason` the
+    reply's."""
+
+    def __init__(self, engine: AsyncLLM, rid: str, req: ChatRequest, first, stream):
+        self.engine, self.rid, self.req, self.first, self.stream = engine, rid, req, first, stream
+        self.text = TextStream(engine.llm.tokenizer, req.stop)
+        self.output: RequestOutput | None = None
+
+    async def pieces(self, is_disconnected=None):
+        delta, text = self.first, self.text
+        while True:
+            done = delta.output is not None and delta.output.finish_reason != "error"
+            piece = text.add(delta.token_ids, final=done, final_text=delta.output.text if done else None)
+            if piece:
+                yield piece
+            if delta.output is not None or text.stopped:
+                break
+            if is_disconnected is not None and await is_disconnected():
+                raise ClientGone
+            delta = await self.stream.__anext__()
+        self.output = delta.output if delta.output is not None else await self._stopped()
+
+    async def _stopped(self) -> RequestOutput:
+        """A stop string ended the answer: the engine stops the request (its pages return) and its metrics
+        and logprobs are kept; the text and tokens are those up to the stop string."""
+        text, stopped = self.text, await self.engine.stop(self.rid)
+        metrics = dict(stopped.metrics) if stopped is not None else {}
+        logprobs = stopped.logprobs[:len(text.token_ids)] if stopped is not None and stopped.logprobs is not None \
+            else None
+        return RequestOutput(self.rid, text.text, list(text.token_ids), logprobs, "stop", None, metrics)
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.text.stopped else self.output.finish_reason
+
+
+async def complete(s: Server, answer: Answer, request: Request, started: float) -> JSONResponse:
+    """The whole answer as one ChatCompletion."""
+    try:
+        async for _ in answer.pieces(request.is_disconnected):
+            pass
+    except ClientGone:
+        return error("the client disconnected", 499)
+    output, req = answer.output, answer.req
+    if output.finish_reason == "error":
+        return output_error(output)
+    s.metrics.finished(output, time.perf_counter() - started)
+    lp = logprobs_of(s.llm.tokenizer, output, answer.text.token_ids, req.params.logprobs or 0) \
+        if req.want_logprobs else None
+    body = completion(answer.rid, s.served_model_name, answer.text.final_text(output), answer.finish_reason, output,
+                      lp)
+    body["vxl_metrics"]["num_cached_visual_tokens"] = req.cached_visual_tokens
+    return JSONResponse(body)
+
+
+async def sse_events(s: Server, answer: Answer, started: float):
+    """Server-sent events: a role chunk, content chunks, the finish chunk, usage if asked, [DONE]."""
+    created, rid, model, req = int(time.time()), answer.rid, s.served_model_name, answer.req
+
+    def event(obj: dict) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+    try:
+        yield event(chunk(rid, model, created, {"role": "assistant", "content": ""}))
+        async for piece in answer.pieces():
+            yield event(chunk(rid, model, created, {"content": piece}))
+        output = answer.output
+        if output.finish_reason == "error":
+            yield event(error_body(output.error or "request failed", status_of(output), output.error_type))
+        else:
+            yield event(chunk(rid, model, created, {}, answer.finish_reason))
+            if req.include_usage:
+                yield event({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                             "choices": [], "usage": usage_of(output)})
+            s.metrics.finished(output, time.perf_counter() - started)
+        s.metrics.requests.labels("200").inc()
+        yield "data: [DONE]\n\n"
+    finally:
+        req.media.cleanup()
+        await answer.stream.aclose()
+
+
 def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int = 256,
               video_cache: bool = True, stream_idle_timeout_s: float = 300.0) -> FastAPI:
     engine = AsyncLLM(llm)
     streams = StreamRegistry(llm, stream_idle_timeout_s)
     cache = VideoCache(engine) if video_cache else None
-    metrics = ServerMetrics(engine, llm, cache)
+    server = Server(llm, engine, streams, cache, ServerMetrics(engine, llm, cache), limits, served_model_name,
+                    max_queued)
 
     @contextlib.asynccontextmanager
     async def lifespan(_):
@@ -76,154 +254,12 @@ def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int 
         await asyncio.to_thread(streams.close_all)
         await asyncio.to_thread(engine.shutdown)
     app = FastAPI(title="vxl", description="OpenAI-compatible server for Video-XL", lifespan=lifespan)
-    app.state.engine, app.state.metrics, app.state.llm, app.state.video_cache = engine, metrics, llm, cache
-    add_stream_routes(app, engine, streams, limits)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_, exc):
-        return error(str(exc), 400)
-
-    @app.get("/health", **openapi.HEALTH)
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/v1/models", **openapi.MODELS)
-    async def models():
-        return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": 0,
-                                            "owned_by": "vxl", "max_frames": limits.max_frames}]}
-
-    @app.post("/vxl/video_cache/clear", **openapi.CLEAR_CACHE)
-    async def clear_cache():
-        """Release every cached video no request is using (their pages return to the pool)."""
-        if cache is not None:
-            await asyncio.to_thread(cache.clear)
-        return {"entries": len(cache) if cache is not None else 0}
-
-    @app.get("/metrics", **openapi.METRICS)
-    async def prometheus():
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
-
-    @app.post("/v1/chat/completions", **openapi.CHAT)
-    async def chat(request: Request):
-        started = time.perf_counter()
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return metrics.count(error("the request body is not valid JSON", 400))
-        if isinstance(body, dict) and body.get("model") not in (None, served_model_name):
-            return metrics.count(error(f"model {body.get('model')!r} is not served here (only "
-                                       f"{served_model_name!r})", 404, "model_not_found"))
-        if engine.num_requests >= max_queued:
-            return metrics.count(error(f"the engine has {max_queued} requests queued; retry later", 503))
-        try:
-            req = await asyncio.to_thread(parse_chat_request, body, limits, streams)
-        except MediaError as exc:
-            return metrics.count(error(str(exc), exc.status, exc.code))
-        except BadRequest as exc:
-            return metrics.count(error(str(exc), 400))
-        if cache is not None:
-            try:
-                await use_cache(cache, llm, req)
-            except EncodeError as exc:
-                req.media.cleanup()
-                return metrics.count(output_error(exc.output))
-            except BaseException:
-                req.media.cleanup()
-                raise
-        rid = "chatcmpl-" + uuid.uuid4().hex
-        stream = engine.generate(req.engine_request, req.params, rid)
-        try:
-            first = await stream.__anext__()
-        except BaseException:
-            req.media.cleanup()
-            await stream.aclose()
-            raise
-        if first.output is not None and first.output.finish_reason == "error":
-            req.media.cleanup()
-            await stream.aclose()
-            return metrics.count(output_error(first.output))
-        metrics.first_token(time.perf_counter() - started)
-        if req.stream:
-            events = sse_events(engine, served_model_name, rid, req, first, stream, metrics, started)
-            return StreamingResponse(events, media_type="text/event-stream")
-        try:
-            return metrics.count(await complete(engine, served_model_name, rid, req, first, stream, request, metrics,
-                                                started))
-        finally:
-            req.media.cleanup()
-            await stream.aclose()
-
+    app.state.vxl = server
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.include_router(stream_router)
+    app.include_router(router)
     return app
 
 
-async def complete(engine: AsyncLLM, model: str, rid: str, req: ChatRequest, first, stream, request: Request,
-                   metrics, started: float) -> JSONResponse:
-    """The whole answer as one ChatCompletion (stop strings applied)."""
-    llm = engine.llm
-    text = TextStream(llm.tokenizer, req.stop)
-    delta = first
-    while True:
-        done = delta.output is not None and delta.output.finish_reason != "error"
-        text.add(delta.token_ids, final=done, final_text=delta.output.text if done else None)
-        if delta.output is not None or text.stopped:
-            break
-        if await request.is_disconnected():
-            return error("the client disconnected", 499)
-        delta = await stream.__anext__()
-    output = delta.output
-    if output is None:              # a stop string ended it: the engine stops it now
-        output = await final_of(engine, rid, text)
-    if output.finish_reason == "error":
-        return output_error(output)
-    metrics.finished(output, time.perf_counter() - started)
-    reason = "stop" if text.stopped else output.finish_reason
-    lp = logprobs_of(llm.tokenizer, output, text.token_ids, req.params.logprobs or 0) if req.want_logprobs else None
-    body = completion(rid, model, text.final_text(output), reason, output, lp)
-    body["vxl_metrics"]["num_cached_visual_tokens"] = req.cached_visual_tokens
-    return JSONResponse(body)
-
-
-async def final_of(engine: AsyncLLM, rid: str, text: TextStream) -> RequestOutput:
-    """The output of a request a stop string ended: the engine stops it (its pages return) and its metrics
-    and logprobs are kept; the text and tokens are those up to the stop string."""
-    stopped = await engine.stop(rid)
-    metrics = dict(stopped.metrics) if stopped is not None else {}
-    logprobs = stopped.logprobs[:len(text.token_ids)] if stopped is not None and stopped.logprobs is not None else None
-    return RequestOutput(rid, text.text, list(text.token_ids), logprobs, "stop", None, metrics)
-
-
-async def sse_events(engine: AsyncLLM, model: str, rid: str, req: ChatRequest, first, stream, metrics,
-                     started: float):
-    """Server-sent events: a role chunk, content chunks, the finish chunk, usage if asked, [DONE]."""
-    created = int(time.time())
-    text = TextStream(engine.llm.tokenizer, req.stop)
-
-    def event(obj: dict) -> str:
-        return f"data: {json.dumps(obj)}\n\n"
-    try:
-        yield event(chunk(rid, model, created, {"role": "assistant", "content": ""}))
-        delta = first
-        while True:
-            done = delta.output is not None and delta.output.finish_reason != "error"
-            piece = text.add(delta.token_ids, final=done, final_text=delta.output.text if done else None)
-            if piece:
-                yield event(chunk(rid, model, created, {"content": piece}))
-            if delta.output is not None or text.stopped:
-                break
-            delta = await stream.__anext__()
-        output = delta.output if delta.output is not None else await final_of(engine, rid, text)
-        if output.finish_reason == "error":
-            yield event(error_body(output.error or "request failed", status_of(output), output.error_type))
-        else:
-            reason = "stop" if text.stopped else output.finish_reason
-            yield event(chunk(rid, model, created, {}, reason))
-            if req.include_usage:
-                yield event({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                             "choices": [], "usage": usage_of(output)})
-            metrics.finished(output, time.perf_counter() - started)
-        metrics.requests.labels("200").inc()
-        yield "data: [DONE]\n\n"
-    finally:
-        req.media.cleanup()
-        await stream.aclose()
+async def invalid(_, exc):
+    return error(str(exc), 400)

@@ -11,7 +11,7 @@ import time
 import uuid
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from vxl import defaults
@@ -20,6 +20,7 @@ from vxl.engine.sampler import SamplingParams
 from vxl.server import openapi
 from vxl.server.media import MediaError, MediaLimits, check_image_size
 from vxl.server.protocol import error_body
+from vxl.server.state import server_of
 
 
 def frames_of(body: bytes, content_type: str, limits: MediaLimits) -> np.ndarray:
@@ -94,76 +95,87 @@ def status(sid: str, stream) -> dict:
             "kept_kv_bytes": stream.kept_kv_bytes, "error": stream.error}
 
 
-def add_stream_routes(app: FastAPI, engine, registry: StreamRegistry, limits: MediaLimits) -> None:
-    def fail(exc: Exception) -> JSONResponse:
-        code = exc.status if isinstance(exc, MediaError) else 400
-        return JSONResponse(error_body(str(exc), code, getattr(exc, "code", None)), status_code=code)
+stream_router = APIRouter()
 
-    @app.post("/v1/streams", **openapi.OPEN_STREAM)
-    async def open_stream(request: Request):
-        try:
-            body = json.loads(await request.body() or b"{}")
-            sid, stream = await asyncio.to_thread(registry.open, body.get("compression_ratio"))
-        except (ValueError, TypeError, AttributeError) as exc:
-            return fail(exc)
-        return status(sid, stream)
 
-    @app.post("/v1/streams/{sid}/frames", **openapi.POST_FRAMES)
-    async def post_frames(sid: str, request: Request):
-        try:
-            stream = registry.get(sid)
-            body = await request.body()
-            if len(body) > limits.max_video_bytes:
-                raise MediaError(f"the post is over the cap of {limits.max_video_bytes} bytes", 413, "too_large")
-            frames = frames_of(body, request.headers.get("content-type", ""), limits)
-            await asyncio.to_thread(stream.append, frames)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            return fail(exc)
-        return status(sid, stream)
+def fail(exc: Exception) -> JSONResponse:
+    code = exc.status if isinstance(exc, MediaError) else 400
+    return JSONResponse(error_body(str(exc), code, exc.code if isinstance(exc, MediaError) else None),
+                        status_code=code)
 
-    @app.get("/v1/streams/{sid}", **openapi.GET_STREAM)
-    async def get_stream(sid: str):
-        try:
-            return status(sid, registry.get(sid))
-        except MediaError as exc:
-            return fail(exc)
 
-    @app.delete("/v1/streams/{sid}", **openapi.DELETE_STREAM)
-    async def delete_stream(sid: str):
-        try:
-            await asyncio.to_thread(registry.close, sid)
-        except MediaError as exc:
-            return fail(exc)
-        return {"id": sid, "closed": True}
+@stream_router.post("/v1/streams", **openapi.OPEN_STREAM)
+async def open_stream(request: Request):
+    try:
+        body = json.loads(await request.body() or b"{}")
+        sid, stream = await asyncio.to_thread(server_of(request).streams.open, body.get("compression_ratio"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        return fail(exc)
+    return status(sid, stream)
 
-    @app.post("/v1/streams/{sid}/watch", **openapi.WATCH)
-    async def watch(sid: str, request: Request):
-        """A standing question as server-sent events: {"frames", "text"} after every `every_n_windows`
-        newly encoded windows, until the stream closes or the client goes away."""
-        try:
-            body = json.loads(await request.body())
-            if not isinstance(body, dict):
-                raise ValueError("the watch body must be a JSON object with a prompt")
-            every = body.get("every_n_windows", 1)
-            int_at_least("every_n_windows", every, 1)
-            params = SamplingParams(max_tokens=body.get("max_tokens", defaults.MAX_TOKENS), temperature=body.get("temperature", 0.0))
-            prompt = body.get("prompt")
-            if not isinstance(prompt, str):
-                raise ValueError(f"watch needs a string prompt, got {type(prompt).__name__}")
-            stream = registry.get(sid)
-        except (ValueError, TypeError) as exc:
-            return fail(exc)
 
-        async def events():
-            target = stream.encoder.num_windows + every
-            while not stream.is_closed:
-                if stream.encoder.num_windows < target:
-                    await asyncio.sleep(0.05)
-                    continue
-                frames, last = stream.num_frames, None
-                async for delta in engine.generate({"prompt": prompt, "video_stream": stream}, params):
-                    last = delta.output
-                target = stream.encoder.num_windows + every
-                yield f"data: {json.dumps({'frames': frames, 'text': last.text, 'error': last.error})}\n\n"
-            yield "data: [DONE]\n\n"
-        return StreamingResponse(events(), media_type="text/event-stream")
+@stream_router.post("/v1/streams/{sid}/frames", **openapi.POST_FRAMES)
+async def post_frames(sid: str, request: Request):
+    limits = server_of(request).limits
+    try:
+        stream = server_of(request).streams.get(sid)
+        body = await request.body()
+        if len(body) > limits.max_video_bytes:
+            raise MediaError(f"the post is over the cap of {limits.max_video_bytes} bytes", 413, "too_large")
+        frames = frames_of(body, request.headers.get("content-type", ""), limits)
+        await asyncio.to_thread(stream.append, frames)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        return fail(exc)
+    return status(sid, stream)
+
+
+@stream_router.get("/v1/streams/{sid}", **openapi.GET_STREAM)
+async def get_stream(sid: str, request: Request):
+    try:
+        return status(sid, server_of(request).streams.get(sid))
+    except MediaError as exc:
+        return fail(exc)
+
+
+@stream_router.delete("/v1/streams/{sid}", **openapi.DELETE_STREAM)
+async def delete_stream(sid: str, request: Request):
+    try:
+        await asyncio.to_thread(server_of(request).streams.close, sid)
+    except MediaError as exc:
+        return fail(exc)
+    return {"id": sid, "closed": True}
+
+
+@stream_router.post("/v1/streams/{sid}/watch", **openapi.WATCH)
+async def watch(sid: str, request: Request):
+    """A standing question as server-sent events: {"frames", "text"} after every `every_n_windows` newly
+    encoded windows, until the stream closes or the client goes away."""
+    try:
+        body = json.loads(await request.body())
+        if not isinstance(body, dict):
+            raise ValueError("the watch body must be a JSON object with a prompt")
+        every = int_at_least("every_n_windows", body.get("every_n_windows", 1), 1)
+        params = SamplingParams(max_tokens=body.get("max_tokens", defaults.MAX_TOKENS),
+                                temperature=body.get("temperature", 0.0))
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(f"watch needs a string prompt, got {type(prompt).__name__}")
+        stream = server_of(request).streams.get(sid)
+    except (ValueError, TypeError) as exc:
+        return fail(exc)
+    return StreamingResponse(watch_events(server_of(request).engine, stream, prompt, params, every),
+                             media_type="text/event-stream")
+
+
+async def watch_events(engine, stream, prompt: str, params: SamplingParams, every: int):
+    target = stream.num_windows + every
+    while not stream.is_closed:
+        if stream.num_windows < target:
+            await asyncio.sleep(0.05)
+            continue
+        frames, last = stream.num_frames, None
+        async for delta in engine.generate({"prompt": prompt, "video_stream": stream}, params):
+            last = delta.output
+        target = stream.num_windows + every
+        yield f"data: {json.dumps({'frames': frames, 'text': last.text, 'error': last.error})}\n\n"
+    yield "data: [DONE]\n\n"
