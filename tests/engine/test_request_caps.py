@@ -88,3 +88,21 @@ def test_unsupported_beacon_attn_is_refused():
     from helpers import small_config
     with pytest.raises(ValueError, match="beacon_attn='segmentation' is not supported"):
         ModelConfig.from_dict({**small_config().to_dict(), "beacon_attn": "segmentation"})
+
+
+def test_a_prompt_too_long_for_the_cap_is_refused_before_it_is_tokenized(capped, monkeypatch):
+    calls, encode = [], capped.tokenizer.encode
+    monkeypatch.setattr(capped.tokenizer, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    limit = 200 * capped.core.inputs.max_token_chars
+    outs = capped.generate([{"prompt": "x" * (limit + 1)}, {"prompt": "word " * 60}], SamplingParams(max_tokens=2),
+                           use_tqdm=False)
+    assert outs[0].error_type == "too_large" and "characters" in outs[0].error
+    assert len(calls) == 1                      # the second prompt only: the first was never tokenized
+    assert outs[1].error_type == "too_large" and "max_prompt_tokens (200)" in outs[1].error
+
+
+def test_logprobs_over_the_vocabulary_are_refused(capped):
+    vocab = capped.config.vocab_size
+    outs = capped.generate(["q", "q"], [SamplingParams(max_tokens=1, logprobs=10**9),
+                                        SamplingParams(max_tokens=1, prompt_logprobs=vocab)], use_tqdm=False)
+    assert "vocabulary size" in outs[0].error and outs[1].error is None

@@ -83,3 +83,19 @@ def test_every_engine_cap_answers_413(tmp_path):
             {"role": "user", "content": "hi"}]}).status_code == 200
     usage = llm.kv_cache_usage()
     assert usage["num_free_pages"] == usage["num_pages"]
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(tmp_path):
+    llm = LLM("tiny", device="cpu", dtype="float32")
+    limits = MediaLimits(str(tmp_path), max_video_bytes=3 * 2**10)      # bodies up to 4 KiB + 1 MiB
+    app = build_app(llm, "tiny", limits)
+    big = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "x" * (limits.max_body_bytes + 1)}]}
+    with TestClient(app) as c:
+        reply = c.post("/v1/chat/completions", json=big)
+        assert reply.status_code == 413 and reply.json()["error"]["code"] == "too_large", reply.text
+        sid = c.post("/v1/streams", json={"compression_ratio": 4}).json()["id"]
+        frames = c.post(f"/v1/streams/{sid}/frames", content=b"\0" * (4 * 2**10),
+                        headers={"content-type": "application/octet-stream"})
+        assert frames.status_code == 413, frames.text
+        assert c.post("/v1/chat/completions", json={**big, "messages": [{"role": "user", "content": "hi"}]}
+                      ).status_code == 200

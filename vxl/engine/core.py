@@ -28,7 +28,7 @@ import torch
 from vxl.config import EngineConfig
 from vxl.engine.admission import Admission
 from vxl.engine.cuda_graphs import DecodeGraphs
-from vxl.engine.inputs import InputContext, RequestError
+from vxl.engine.inputs import InputContext, RequestError, max_token_chars
 from vxl.engine.kv_cache import BlockTable, KVCache
 from vxl.engine.outputs import EncodeResult, Rejected, StepOutput, encode_result, request_output
 from vxl.engine.preprocess import preprocess_frames
@@ -85,7 +85,8 @@ class EngineCore:
                                    max_num_seqs=config.max_num_seqs, max_vision_frames=self.max_vision_frames)
         self.vision = VisionStage(self.model, self.device, annotate, overlap=self.vision_overlap)
         self.inputs = InputContext(cfg, config, self.tokenizer, self.model if self.model.has_vision else None,
-                                   loaded.image_processor, self.device, self.dtype, annotate)
+                                   loaded.image_processor, self.device, self.dtype, annotate,
+                                   max_token_chars(self.tokenizer))
         self.model_fingerprint = model_fingerprint(self.model, cfg)
         self.admission = Admission(self, config, self.inputs, self.kv_cache, self.model_fingerprint, self.device)
         self.lock = threading.RLock()

@@ -46,6 +46,9 @@ class InputContext:
     device: torch.device
     dtype: torch.dtype
     annotate: Callable
+    # the longest token of the tokenizer in characters: a question longer than max_prompt_tokens times this
+    # is over the cap whatever its tokens, so it is refused before it is tokenized
+    max_token_chars: int | None = None
 
 
 @dataclass
@@ -157,6 +160,8 @@ def check_params(params: SamplingParams, vocab_size: int, max_logprobs: int | No
         raise RequestError(f"stop_token_ids has ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
     for name in ("logprobs", "prompt_logprobs"):
         k = getattr(params, name)
+        if k is not None and k > vocab_size:
+            raise RequestError(f"{name} must be at most the vocabulary size ({vocab_size}), got {k}")
         if max_logprobs is not None and k is not None and k > max_logprobs:
             raise RequestError(f"{name} must be at most {max_logprobs} on this engine (max_logprobs), got {k}")
 
@@ -266,6 +271,7 @@ def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | No
     if params is not None:
         check_params(params, cfg.vocab_size, ctx.engine_config.max_logprobs)
     if req.prompt is not None:
+        check_prompt_length(ctx, req.prompt)
         ids = prompt_ids_from_text(ctx.tokenizer, req.prompt, bool(sources))
     else:
         ids = check_token_ids(req.prompt_token_ids, cfg.vocab_size)
@@ -290,6 +296,20 @@ def prepare_request(ctx: InputContext, req: Request, params: SamplingParams | No
         raise OverCap(f"the video gives {frames} frames, over the engine's max_frames ({cap}); ask for "
                            f"num_frames <= {cap}")
     return PreparedRequest(rid, ids, placeholder, visual, ratio)
+
+
+def check_prompt_length(ctx: InputContext, prompt) -> None:
+    """A question too long for max_prompt_tokens whatever its tokens, refused before any tokenizing."""
+    cap = ctx.engine_config.max_prompt_tokens
+    if cap is not None and ctx.max_token_chars and isinstance(prompt, str) and len(prompt) > cap * ctx.max_token_chars:
+        raise OverCap(f"the prompt has {len(prompt)} characters: over the engine's max_prompt_tokens ({cap}) "
+                      f"whatever its tokens (a token is at most {ctx.max_token_chars} characters)")
+
+
+def max_token_chars(tokenizer) -> int | None:
+    """Characters of the tokenizer's longest token (its vocabulary's raw strings: a byte-level token string
+    has one character per byte, so no token decodes to more characters)."""
+    return max(map(len, tokenizer.get_vocab()), default=1) if tokenizer is not None else None
 
 
 def check_caps(ec, req: Request, ids: list[int]) -> None:

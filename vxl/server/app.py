@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from vxl.engine.request import RequestOutput
 from vxl.server import openapi
 from vxl.server.async_llm import AsyncLLM, EncodeError
-from vxl.server.media import MediaError, MediaLimits
+from vxl.server.media import MediaError, MediaLimits, read_body
 from vxl.server.metrics import ServerMetrics
 from vxl.server.protocol import (BadRequest, ChatRequest, chunk, completion, error_body, logprobs_of,
                                  parse_chat_request, usage_of)
@@ -120,7 +120,9 @@ async def chat(request: Request):
 async def admit_chat(s: Server, request: Request) -> ChatRequest | Response:
     """The parsed request, its video answered from the cache where it can be; or the error response."""
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await read_body(request, s.limits.max_body_bytes))
+    except MediaError as exc:
+        return error(str(exc), exc.status, exc.code)
     except ValueError:
         return error("the request body is not valid JSON", 400)
     if isinstance(body, dict) and body.get("model") not in (None, s.served_model_name):

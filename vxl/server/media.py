@@ -33,6 +33,27 @@ class MediaLimits:
     max_images: int = 64
     max_image_pixels: int = 1 << 25     # width x height of one image (33.5M: an 8K UHD frame fits)
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body read: a video inline as base64 (4/3 of its bytes) and 1 MiB of JSON."""
+        return self.max_video_bytes * 4 // 3 + 2**20
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request's body, read no further than `limit` bytes: a larger one (by its Content-Length, or as
+    it arrives) is a 413 MediaError before the rest is read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise MediaError(f"the request body ({declared} bytes) is over the server's cap of {limit} bytes", 413,
+                         "too_large")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise MediaError(f"the request body is over the server's cap of {limit} bytes", 413, "too_large")
+        parts.append(part)
+    return b"".join(parts)
+
 
 @dataclass
 class Media:

@@ -18,7 +18,7 @@ from vxl import defaults
 from vxl.checks import int_at_least
 from vxl.engine.sampler import SamplingParams
 from vxl.server import openapi
-from vxl.server.media import MediaError, MediaLimits, check_image_size
+from vxl.server.media import MediaError, MediaLimits, check_image_size, read_body
 from vxl.server.protocol import error_body
 from vxl.server.state import server_of
 
@@ -107,7 +107,7 @@ def fail(exc: Exception) -> JSONResponse:
 @stream_router.post("/v1/streams", **openapi.OPEN_STREAM)
 async def open_stream(request: Request):
     try:
-        body = json.loads(await request.body() or b"{}")
+        body = json.loads(await read_body(request, 2**20) or b"{}")
         sid, stream = await asyncio.to_thread(server_of(request).streams.open, body.get("compression_ratio"))
     except (ValueError, TypeError, AttributeError) as exc:
         return fail(exc)
@@ -119,9 +119,7 @@ async def post_frames(sid: str, request: Request):
     limits = server_of(request).limits
     try:
         stream = server_of(request).streams.get(sid)
-        body = await request.body()
-        if len(body) > limits.max_video_bytes:
-            raise MediaError(f"the post is over the cap of {limits.max_video_bytes} bytes", 413, "too_large")
+        body = await read_body(request, limits.max_video_bytes)
         frames = frames_of(body, request.headers.get("content-type", ""), limits)
         await asyncio.to_thread(stream.append, frames)
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -151,7 +149,7 @@ async def watch(sid: str, request: Request):
     """A standing question as server-sent events: {"frames", "text"} after every `every_n_windows` newly
     encoded windows, until the stream closes or the client goes away."""
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await read_body(request, 2**20))
         if not isinstance(body, dict):
             raise ValueError("the watch body must be a JSON object with a prompt")
         every = int_at_least("every_n_windows", body.get("every_n_windows", 1), 1)
