@@ -99,3 +99,30 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(tmp_path):
         assert frames.status_code == 413, frames.text
         assert c.post("/v1/chat/completions", json={**big, "messages": [{"role": "user", "content": "hi"}]}
                       ).status_code == 200
+
+
+def mp4_bytes(path, seed: int) -> bytes:
+    import av
+    import numpy as np
+    frames = np.random.default_rng(seed).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        out = container.add_stream("mpeg4", rate=6)
+        out.width, out.height, out.pix_fmt = 32, 32, "yuv420p"
+        for frame in frames:
+            container.mux(out.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(out.encode())
+    return path.read_bytes()
+
+
+def test_a_clients_uuid_never_answers_from_another_clients_video(client, tmp_path):
+    import base64
+    cache = client.app.state.vxl.cache
+    client.post("/vxl/video_cache/clear")
+    answers = []
+    for seed in (1, 2):
+        url = "data:video/mp4;base64," + base64.b64encode(mp4_bytes(tmp_path / f"{seed}.mp4", seed)).decode()
+        reply = ask(client, messages=[{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": url}, "uuid": "same-name"},
+            {"type": "text", "text": "What happens?"}]}], compression_ratio=4)
+        answers.append(reply["vxl_metrics"]["num_cached_visual_tokens"])
+    assert answers == [0, 0] and len(cache) == 2          # the second video was encoded, not taken from the first

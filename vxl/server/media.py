@@ -58,7 +58,9 @@ async def read_body(request, limit: int) -> bytes:
 @dataclass
 class Media:
     """Resolved media of one request: what goes into the engine request, the files to delete when the
-    request ends, and a key per video identifying its content (the part's uuid, else a hash of its bytes)."""
+    request ends, and a key per video identifying its content (a hash of its bytes, or a local file's path,
+    size and modification time). A client's media `uuid` is never the key: another client could send other
+    bytes under the same uuid and be answered about the first client's video."""
     fields: dict = field(default_factory=dict)
     temp_files: list[str] = field(default_factory=list)
     video_key: str | None = None
@@ -112,7 +114,7 @@ def data_bytes(url: str, kind: str, limit: int) -> tuple[str, bytes]:
     return mime.split("/", 1)[1], data
 
 
-def resolve_video(url: str, uuid: str | None, media: Media, limits: MediaLimits) -> str:
+def resolve_video(url: str, media: Media, limits: MediaLimits) -> str:
     """A path the engine can open for this video URL (a temp file for a data URL); sets media.video_key."""
     if not isinstance(url, str):
         raise MediaError("video_url.url must be a string")
@@ -122,11 +124,11 @@ def resolve_video(url: str, uuid: str | None, media: Media, limits: MediaLimits)
         if size > limits.max_video_bytes:
             raise MediaError(f"the video is over the server's cap of {limits.max_video_bytes} bytes", 413, "too_large")
         stat = os.stat(path)
-        media.video_key = uuid or f"file:{path}:{size}:{stat.st_mtime_ns}"
+        media.video_key = f"file:{path}:{size}:{stat.st_mtime_ns}"
         return path
     if url.startswith("data:"):
         subtype, data = data_bytes(url, "video", limits.max_video_bytes)
-        media.video_key = uuid or "sha256:" + hashlib.sha256(data).hexdigest()
+        media.video_key = "sha256:" + hashlib.sha256(data).hexdigest()
         fd, path = tempfile.mkstemp(prefix="vxl-video-", suffix=VIDEO_SUFFIXES.get(subtype, ".mp4"))
         with os.fdopen(fd, "wb") as f:
             f.write(data)

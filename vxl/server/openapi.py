@@ -1,6 +1,6 @@
 """The OpenAPI description of the routes whose bodies the server parses itself (so that a 4xx names the
 problem in vxl's words, not pydantic's): request bodies and every response, as JSON Schema. FastAPI
-publishes them at /openapi.json; the schema fuzz tests (tests/server/test_schema_fuzz.py) generate requests
+publishes them at /openapi.json; the schema fuzz tests (tests/fuzz/test_server_schema.py) generate requests
 from it and check every response against it.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ TEXT_PART = {"type": "object", "required": ["type", "text"],
 URL = {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}
 VIDEO_PART = {"type": "object", "required": ["type", "video_url"],
               "properties": {"type": {"const": "video_url"}, "video_url": URL,
-                             "uuid": {"type": "string", "description": "names the video's content for the cache"}}}
+                             "uuid": {"type": "string", "description": "accepted for vLLM clients; the cache keys videos by "
+                                                               "their bytes, never by a client's uuid"}}}
 IMAGE_PART = {"type": "object", "required": ["type", "image_url"],
               "properties": {"type": {"const": "image_url"}, "image_url": URL}}
 STREAM_PART = {"type": "object", "required": ["type", "video_stream"],

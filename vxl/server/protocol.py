@@ -73,7 +73,7 @@ def parse_messages(messages, media: Media, limits: MediaLimits, num_frames: int 
             texts.append(part["text"])
         elif kind == "video_url":
             url = (part.get("video_url") or {}).get("url") if isinstance(part.get("video_url"), dict) else None
-            videos.append(resolve_video(url, part.get("uuid"), media, limits))
+            videos.append(resolve_video(url, media, limits))
         elif kind == "video_stream" and streams is not None:
             ref = part.get("video_stream")
             _expect(isinstance(ref, dict) and isinstance(ref.get("id"), str), "a video_stream part needs an id")
