@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from vxl.engine.request import RequestOutput
 from vxl.server import openapi
 from vxl.server.async_llm import AsyncLLM, EncodeError
+from vxl.server.guard import Guard
 from vxl.server.media import MediaError, MediaLimits, read_body
 from vxl.server.metrics import ServerMetrics
 from vxl.server.protocol import (BadRequest, ChatRequest, chunk, completion, error_body, logprobs_of,
@@ -237,9 +238,12 @@ async def sse_events(s: Server, answer: Answer, started: float):
 
 
 def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int = 256,
-              video_cache: bool = True, stream_idle_timeout_s: float = 300.0) -> FastAPI:
+              video_cache: bool = True, stream_idle_timeout_s: float = 300.0, guard: Guard | None = None,
+              max_streams: int = 16) -> FastAPI:
+    """The app; `guard` says who may use it (default: anyone, for in-process use; `vxl serve` builds one
+    from its flags)."""
     engine = AsyncLLM(llm)
-    streams = StreamRegistry(llm, stream_idle_timeout_s)
+    streams = StreamRegistry(llm, stream_idle_timeout_s, max_streams)
     cache = VideoCache(engine) if video_cache else None
     server = Server(llm, engine, streams, cache, ServerMetrics(engine, llm, cache), limits, served_model_name,
                     max_queued)
@@ -258,6 +262,12 @@ def build_app(llm, served_model_name: str, limits: MediaLimits, max_queued: int 
     app = FastAPI(title="vxl", description="OpenAI-compatible server for Video-XL", lifespan=lifespan)
     app.state.vxl = server
     app.add_exception_handler(RequestValidationError, invalid)
+    guard = guard or Guard()
+
+    @app.middleware("http")
+    async def check_client(request: Request, call_next):
+        refusal = guard.refusal(request)
+        return refusal if refusal is not None else await call_next(request)
     app.include_router(stream_router)
     app.include_router(router)
     return app

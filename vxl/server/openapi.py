@@ -95,9 +95,10 @@ def json_body(schema: dict) -> dict:
 
 
 def errors(*statuses: int) -> dict:
-    why = {400: "a bad request, named in the message", 403: "a file outside the allowed media path",
-           404: "an unknown model or stream", 413: "over a cap of the server", 500: "a fault while it ran",
-           503: "the engine's queue is full"}
+    why = {400: "a bad request, named in the message", 401: "no valid API key (a server started with --api-key)",
+           403: "a file outside the allowed media path, a Host not allowed or a cross-site request",
+           404: "an unknown model or stream", 413: "over a cap of the server", 429: "the server's cap on open streams",
+           500: "a fault while it ran", 503: "the engine's queue is full"}
     return {s: {"description": why[s], **json_body(ERROR)} for s in statuses}
 
 
@@ -107,30 +108,32 @@ def responses(ok: dict, *statuses: int, description: str = "success") -> dict:
 
 CHAT = {"openapi_extra": {"requestBody": {"required": True, **json_body(CHAT_REQUEST)}},
         "responses": responses({"application/json": {"schema": CHAT_COMPLETION}, **events(CHUNK)},
-                               400, 403, 404, 413, 500, 503,
+                               400, 401, 403, 404, 413, 500, 503,
                                description="a chat.completion, or server-sent chat.completion.chunk events")}
 OPEN_STREAM = {"openapi_extra": {"requestBody": {"required": False, **json_body({
     "type": "object", "properties": {"compression_ratio": {"type": ["integer", "null"], "minimum": 1}}})}},
-    "responses": responses(json_body(STREAM_STATUS)["content"], 400)}
+    "responses": responses(json_body(STREAM_STATUS)["content"], 400, 401, 403, 413, 429)}
 POST_FRAMES = {"openapi_extra": {"requestBody": {"required": True, "description": "one image or a short video file",
                                                  "content": {t: {"schema": {"type": "string", "format": "binary"}}
                                                              for t in ("image/png", "image/jpeg", "video/mp4")}}},
-               "responses": responses(json_body(STREAM_STATUS)["content"], 400, 404, 413)}
-GET_STREAM = {"responses": responses(json_body(STREAM_STATUS)["content"], 404)}
+               "responses": responses(json_body(STREAM_STATUS)["content"], 400, 401, 403, 404, 413)}
+GET_STREAM = {"responses": responses(json_body(STREAM_STATUS)["content"], 401, 403, 404)}
 DELETE_STREAM = {"responses": responses(json_body({
     "type": "object", "required": ["id", "closed"],
-    "properties": {"id": {"type": "string"}, "closed": {"const": True}}})["content"], 404)}
+    "properties": {"id": {"type": "string"}, "closed": {"const": True}}})["content"], 401, 403, 404)}
 WATCH = {"openapi_extra": {"requestBody": {"required": True, **json_body({
     "type": "object", "required": ["prompt"], "properties": {
         "prompt": {"type": "string"}, "every_n_windows": {"type": "integer", "minimum": 1},
         "max_tokens": {"type": "integer", "minimum": 1}, "temperature": {"type": "number", "minimum": 0}}})}},
-    "responses": responses(events(WATCH_EVENT), 400, 404, description="{frames, text, error} events, then [DONE]")}
+    "responses": responses(events(WATCH_EVENT), 400, 401, 403, 404, 413,
+                           description="{frames, text, error} events, then [DONE]")}
 HEALTH = {"responses": responses(json_body({"type": "object", "required": ["status"],
                                             "properties": {"status": {"const": "ok"}}})["content"])}
 MODELS = {"responses": responses(json_body({"type": "object", "required": ["object", "data"], "properties": {
     "object": {"const": "list"}, "data": {"type": "array", "items": {
-        "type": "object", "required": ["id", "object"], "properties": {"id": {"type": "string"}}}}}})["content"])}
+        "type": "object", "required": ["id", "object"], "properties": {"id": {"type": "string"}}}}}})["content"],
+    401, 403)}
 CLEAR_CACHE = {"responses": responses(json_body({"type": "object", "required": ["entries"], "properties": {
-    "entries": {"type": "integer", "minimum": 0}}})["content"])}
-METRICS = {"responses": responses({"text/plain": {"schema": {"type": "string"}}},
+    "entries": {"type": "integer", "minimum": 0}}})["content"], 401, 403)}
+METRICS = {"responses": responses({"text/plain": {"schema": {"type": "string"}}}, 401, 403,
                                   description="Prometheus text format")}

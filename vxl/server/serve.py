@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from vxl.server.media import MediaLimits
 
@@ -30,6 +31,19 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256, help="sequences the engine runs at once")
     p.add_argument("--max-vision-frames", type=int, default=None,
                    help="frames CLIP encodes per engine step, batched over requests (default: 8 windows' worth)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $VXL_API_KEY)")
+    p.add_argument("--allowed-hosts", nargs="+", default=None,
+                   help="Host names served (default: the --host address and the loopback names; any when bound to "
+                        "0.0.0.0 or ::)")
+    p.add_argument("--allowed-origins", nargs="+", default=[],
+                   help="other sites (scheme://host[:port]) whose pages may call the server; default none")
+    p.add_argument("--max-streams", type=int, default=16, help="live streams open at once")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="open connections before new ones get 503 (uvicorn's limit_concurrency)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection is kept")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0,
+                   help="seconds SIGTERM waits for running requests before closing what is left")
     p.add_argument("--stream-idle-timeout", type=float, default=300.0,
                    help="seconds after which a live stream nobody posts to or asks about is closed")
     p.add_argument("--no-video-cache", action="store_true",
@@ -42,7 +56,9 @@ def serve(args) -> int:
 
     from vxl import LLM
     from vxl.server.app import build_app
-    for name in ("max_frames", "max_video_bytes", "max_images", "max_image_pixels", "max_queued", "max_prompt_tokens"):
+    from vxl.server.guard import Guard, default_hosts
+    for name in ("max_frames", "max_video_bytes", "max_images", "max_image_pixels", "max_queued", "max_prompt_tokens",
+                 "max_streams", "max_connections"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     from vxl.engine.sampler import MAX_LOGPROBS
@@ -53,11 +69,30 @@ def serve(args) -> int:
               max_vision_frames=args.max_vision_frames)
     limits = MediaLimits(args.allowed_local_media_path, args.max_frames, args.max_video_bytes, args.max_images,
                          args.max_image_pixels)
+    guard = Guard(api_key=args.api_key or os.environ.get("VXL_API_KEY") or None,
+                  allowed_hosts=set(args.allowed_hosts) if args.allowed_hosts else default_hosts(args.host),
+                  allowed_origins=set(args.allowed_origins))
     app = build_app(llm, args.served_model_name or args.model, limits, args.max_queued,
-                    video_cache=not args.no_video_cache, stream_idle_timeout_s=args.stream_idle_timeout)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+                    video_cache=not args.no_video_cache, stream_idle_timeout_s=args.stream_idle_timeout, guard=guard,
+                    max_streams=args.max_streams)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            limit_concurrency=args.max_connections, timeout_keep_alive=args.keep_alive_timeout,
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    graceful_server(config, app.state.vxl.closing.set).run()
     return 0
 
+
+def graceful_server(config, on_exit):
+    """uvicorn's server whose exit signal (SIGTERM, Ctrl-C) first tells the app it is closing (`on_exit`), so
+    watchers of live streams get their last event and [DONE] instead of holding the shutdown open; running
+    requests have `--shutdown-timeout` seconds to finish, then uvicorn closes what is left."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            on_exit()
+            super().handle_exit(sig, frame)
+    return GracefulServer(config)
 
 
 def main(argv: list[str] | None = None) -> int:

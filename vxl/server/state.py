@@ -2,7 +2,8 @@
 the live streams, the video cache, the metrics, the media caps and the served model's name."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -25,6 +26,7 @@ class Server:
     limits: "MediaLimits"
     served_model_name: str
     max_queued: int
+    closing: threading.Event = field(default_factory=threading.Event)      # set when the server shuts down
 
 
 def server_of(request: Request) -> Server:

@@ -55,21 +55,28 @@ def frames_of(body: bytes, content_type: str, limits: MediaLimits) -> np.ndarray
 
 
 class StreamRegistry:
-    def __init__(self, llm, idle_timeout_s: float):
-        self.llm, self.idle_timeout_s = llm, idle_timeout_s
+    """The server's open streams, at most `max_streams`; one unused for `idle_timeout_s` is closed. Use is
+    appending frames or asking (`get(sid, touch=True)`); reading a stream's status does not keep it open.
+    Stream ids are random (128 bits): unguessable."""
+
+    def __init__(self, llm, idle_timeout_s: float, max_streams: int = 16):
+        self.llm, self.idle_timeout_s, self.max_streams = llm, idle_timeout_s, max_streams
         self.streams: dict[str, tuple[object, float]] = {}
 
     def open(self, ratio) -> tuple[str, object]:
+        if len(self.streams) >= self.max_streams:
+            raise MediaError(f"the server has {self.max_streams} streams open, its cap; close one or retry later",
+                             429, "too_many_streams")
         stream = self.llm.open_stream(compression_ratio=ratio)
         sid = "stream-" + uuid.uuid4().hex
         self.streams[sid] = (stream, time.monotonic())
         return sid, stream
 
-    def get(self, sid: str):
+    def get(self, sid: str, touch: bool = False):
         if sid not in self.streams:
             raise MediaError(f"no open stream {sid!r}", 404, "stream_not_found")
-        stream, _ = self.streams[sid]
-        self.streams[sid] = (stream, time.monotonic())
+        stream, used = self.streams[sid]
+        self.streams[sid] = (stream, time.monotonic() if touch else used)
         return stream
 
     def close(self, sid: str) -> None:
@@ -118,7 +125,7 @@ async def open_stream(request: Request):
 async def post_frames(sid: str, request: Request):
     limits = server_of(request).limits
     try:
-        stream = server_of(request).streams.get(sid)
+        stream = server_of(request).streams.get(sid, touch=True)
         body = await read_body(request, limits.max_video_bytes)
         frames = frames_of(body, request.headers.get("content-type", ""), limits)
         await asyncio.to_thread(stream.append, frames)
@@ -158,16 +165,22 @@ async def watch(sid: str, request: Request):
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise ValueError(f"watch needs a string prompt, got {type(prompt).__name__}")
-        stream = server_of(request).streams.get(sid)
+        stream = server_of(request).streams.get(sid, touch=True)
     except (ValueError, TypeError) as exc:
         return fail(exc)
-    return StreamingResponse(watch_events(server_of(request).engine, stream, prompt, params, every),
+    s = server_of(request)
+    return StreamingResponse(watch_events(s.engine, stream, prompt, params, every, s.closing),
                              media_type="text/event-stream")
 
 
-async def watch_events(engine, stream, prompt: str, params: SamplingParams, every: int):
+async def watch_events(engine, stream, prompt: str, params: SamplingParams, every: int, closing):
+    """The watch's events until the stream closes or the server shuts down (a last event says so)."""
     target = stream.num_windows + every
     while not stream.is_closed:
+        if closing.is_set():
+            last = {'frames': stream.num_frames, 'text': '', 'error': 'the server is shutting down'}
+            yield f"data: {json.dumps(last)}\n\n"
+            break
         if stream.num_windows < target:
             await asyncio.sleep(0.05)
             continue
