@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from vxl.checks import int_at_least
 from vxl.engine.sampler import SamplingParams
@@ -30,9 +30,10 @@ class JobDefaults:
 
 @dataclass
 class BatchItem:
-    """One input line: the engine request and its sampling fields, or the error that makes it a bad line."""
+    """One input line: the engine request and its sampling fields, or the error that makes it a bad line.
+    `request_id` is None until `read_items` names a line that gives no usable id of its own."""
     line_no: int
-    request_id: str
+    request_id: str | None
     request: dict = field(default_factory=dict)     # engine request (paths made absolute), no sampling fields
     sampling: dict = field(default_factory=dict)    # every SamplingParams field, already validated
     error: str | None = None
@@ -108,18 +109,21 @@ def _check_request(req: dict, base_dir: str) -> None:
 
 
 def parse_line(line: str, line_no: int, defaults: JobDefaults, base_dir: str = "") -> BatchItem:
-    """One input line -> a BatchItem; any problem becomes the item's error (a bad line), naming it."""
-    fallback_id = f"line{line_no}"
+    """One input line -> a BatchItem; any problem becomes the item's error (a bad line), naming it. A line
+    with no usable request_id gets none here (`read_items` names it)."""
+    fallback_id = None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         return BatchItem(line_no, fallback_id, error=f"line {line_no} is not valid JSON: {e.msg} (column {e.colno})")
+    except RecursionError:
+        return BatchItem(line_no, fallback_id, error=f"line {line_no} is nested too deeply to be a request")
     if not isinstance(obj, dict):
         return BatchItem(line_no, fallback_id, error=f"line {line_no} is not a JSON object: {type(obj).__name__}")
-    rid = obj.get("request_id", fallback_id)
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+    rid = obj.get("request_id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
         return BatchItem(line_no, fallback_id, error=f"line {line_no}: request_id must be a string or an int")
-    rid = str(rid)
+    rid = str(rid) if rid is not None else None
     unknown = sorted(set(obj) - set(REQUEST_FIELDS) - set(SAMPLING_FIELDS))
     if unknown:
         return BatchItem(line_no, rid, error=f"line {line_no}: unknown field(s) {unknown}; known: "
@@ -136,29 +140,46 @@ def parse_line(line: str, line_no: int, defaults: JobDefaults, base_dir: str = "
         params = SamplingParams(**sampling)
     except (ValueError, TypeError) as exc:
         return BatchItem(line_no, rid, error=f"line {line_no}: {exc}")
-    if not params.is_greedy and params.seed is None:
+    if not params.is_greedy and params.seed is None and rid is not None:
         sampling["seed"] = default_seed(rid)
     return BatchItem(line_no, rid, {k: v for k, v in req.items() if v is not None}, sampling)
 
 
 def read_items(path: str, defaults: JobDefaults) -> list[BatchItem]:
-    """Every non-blank line of the input JSONL as an item. A request id used twice keeps its first line;
-    the later one becomes an error row under the id `line<n>`, so every id still appears once."""
-    items, first_line = [], {}
+    """Every non-blank line of the input JSONL as an item. A line without a usable id of its own is named
+    `line<n>`, and a request id used twice keeps its first line while the later one becomes an error row
+    under such a name; these names avoid every id the file gives (`~` appended until free), so a request
+    whose own id is `line3` runs however line 3 looks, and every id still appears once."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            item = parse_line(line, line_no, defaults)
-            if item.request_id in first_line:
-                rid = f"line{line_no}"
-                while rid in first_line:
-                    rid += "~"
-                item = BatchItem(line_no, rid, error=f"line {line_no}: duplicate request_id {item.request_id!r} "
-                                                     f"(first on line {first_line[item.request_id]})")
-            first_line[item.request_id] = line_no
-            items.append(item)
-    return items
+        items = [parse_line(line, n, defaults) for n, line in enumerate(f, start=1) if line.strip()]
+    taken = {item.request_id for item in items if item.request_id is not None}
+    first_line, named = {}, []
+
+    def free_name(line_no: int) -> str:
+        rid = f"line{line_no}"
+        while rid in taken:
+            rid += "~"
+        taken.add(rid)
+        return rid
+    for item in items:
+        if item.request_id is None:
+            name = free_name(item.line_no)
+            item = replace(item, request_id=name, request={**item.request, "request_id": name} if item.request else {})
+            if not item.error and item.sampling.get("seed") is None:
+                item = named_seed(item)
+        elif item.request_id in first_line:
+            item = BatchItem(item.line_no, free_name(item.line_no), error=f"line {item.line_no}: duplicate request_id "
+                             f"{item.request_id!r} (first on line {first_line[item.request_id]})")
+        first_line.setdefault(item.request_id, item.line_no)
+        named.append(item)
+    return named
+
+
+def named_seed(item: BatchItem) -> BatchItem:
+    """A sampled item named by `read_items` gets the seed of its name (see `default_seed`)."""
+    if SamplingParams(**item.sampling).is_greedy:
+        return item
+    return replace(item, sampling={**item.sampling, "seed": default_seed(item.request_id)})
 
 
 def make_units(items: list[BatchItem], group: bool = True) -> list[Unit]:
