@@ -177,3 +177,26 @@ def test_a_request_larger_than_what_is_free_fails_clearly_when_nothing_runs(tmp_
     out = small.generate([video_request(50, 80, ratio=2)], SamplingParams(max_tokens=4), use_tqdm=False)[0]
     assert out.finish_reason == "length"
     assert_pool_empty(small)
+
+
+def test_an_interrupt_while_a_request_is_prepared_returns_every_page(llm, monkeypatch):
+    from vxl.engine import admission
+    gen = torch.Generator().manual_seed(3)
+    mem = llm.encode_video(visual_embeds=torch.randn(40, 48, generator=gen), compression_ratio=4,
+                           prefix_token_ids=[5, 6])
+    with_memory = {"prompt_token_ids": [5, 6, IMAGE_TOKEN_INDEX, 7, 8], "video_memory": mem}
+    prepare, calls = admission.prepare_request, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return prepare(*args, **kwargs)
+    monkeypatch.setattr(admission, "prepare_request", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate([with_memory, text_request(1)], SamplingParams(max_tokens=3), use_tqdm=False)
+    monkeypatch.setattr(admission, "prepare_request", prepare)
+    mem.release()
+    assert_pool_empty(llm)
+    assert not llm.has_unfinished_requests()
+    assert llm.generate([text_request(2)], SamplingParams(max_tokens=2), use_tqdm=False)[0].error is None

@@ -281,6 +281,8 @@ class EngineCore:
             ended, self._ended = self._ended + self.scheduler.dropped, []
             self.scheduler.dropped = []
             for seq in ended + [s for s in self.scheduler.running if s.is_finished]:
+                if isinstance(seq, Sequence) and seq.output is not None:
+                    continue            # aborted (abort_handle) before this step could report it
                 if isinstance(seq, Sequence):
                     if seq in self.scheduler.running:
                         self.scheduler.finish(seq)

@@ -142,10 +142,11 @@ class LLM:
         params = list(params) if isinstance(params, (list, tuple)) else [params] * len(requests)
         if len(params) != len(requests):
             raise ValueError(f"{len(params)} sampling params for {len(requests)} requests")
+        handles = []
         with self.core.lock:        # one call at a time: its requests share the pool with nothing unplanned
-            handles = [self.core.add(req, p, index=i, default_id=str(i))
-                       for i, (req, p) in enumerate(zip(requests, params))]
-            try:
+            try:                    # added one by one inside: an interrupt while preparing one loses none
+                for i, (req, p) in enumerate(zip(requests, params)):
+                    handles.append(self.core.add(req, p, index=i, default_id=str(i)))
                 pool_peak_pages = self._run(handles, use_tqdm)
             finally:                # an interrupted call leaves nothing behind: every page returns
                 for handle in handles:
