@@ -118,3 +118,46 @@ def test_sigterm_ends_an_open_watcher_and_exits_in_time(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def metric(port, name) -> float:
+    import re
+    text = request(port, "GET", "/metrics")[1].read().decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def test_dropped_streaming_clients_abort_their_requests(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vxl.server.serve", "tiny", "--port", str(port), "--device", "cpu",
+                             "--allowed-local-media-path", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            try:
+                if request(port, "GET", "/health", timeout=2)[1].status == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        body = {"model": "tiny", "max_tokens": 4000, "temperature": 0, "stream": True,
+                "messages": [{"role": "user", "content": "Tell a long story."}]}
+        conns = []
+        for i in range(24):                 # half go away mid-answer, half before their answer begins
+            if i % 2 == 0:
+                conn, reply = request(port, "POST", "/v1/chat/completions", body)
+                assert reply.status == 200 and reply.readline().startswith(b"data: ")
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                             headers={"Content-Type": "application/json"})
+            conns.append(conn)
+        for conn in conns:
+            conn.sock.close()
+        deadline = time.monotonic() + 15
+        while metric(port, "vxl_kv_pages_used") > 0 or metric(port, "vxl_requests_running") > 0:
+            assert time.monotonic() < deadline, "dropped clients' requests still run"
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

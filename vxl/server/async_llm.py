@@ -37,6 +37,10 @@ class AsyncLLM:
         self.llm = llm
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._handles: dict[str, object] = {}          # request id -> the core's handle (its output when it ends)
+        # aborts asked for by consumers that went away, run by the engine thread before its next step (a
+        # cancelled consumer cannot await anything); ids whose consumer left before their add returned
+        self._aborts: list[str] = []
+        self._gone: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -70,9 +74,7 @@ class AsyncLLM:
         finished = False
         try:
             # preparation opens the video and may wait for the engine's lock: off the event loop
-            handle = await asyncio.to_thread(self.core.add, {**request, "request_id": rid}, params)
-            with self._lock:
-                self._handles[rid] = handle
+            await asyncio.to_thread(self._add, rid, {**request, "request_id": rid}, params)
             self._wake.set()
             while True:
                 delta = await queue.get()
@@ -80,12 +82,27 @@ class AsyncLLM:
                 yield delta
                 if finished:
                     return
-        finally:
+        finally:                    # no await here: a cancelled consumer's awaits would be cancelled too
             with self._lock:
                 self._streams.pop(rid, None)
-                self._handles.pop(rid, None)
-            if not finished:        # the consumer went away: the request's pages return now
-                await asyncio.to_thread(self.core.abort, rid)
+                handle = self._handles.pop(rid, None)
+                if not finished:    # the consumer went away: the engine thread aborts it before its next step
+                    if handle is not None:
+                        self._aborts.append(rid)
+                    else:
+                        self._gone.add(rid)
+            self._wake.set()
+
+    def _add(self, rid: str, request: dict, params: SamplingParams) -> None:
+        """Add the request (in a worker thread); abort it at once if its consumer left meanwhile."""
+        handle = self.core.add(request, params)
+        with self._lock:
+            left = rid in self._gone
+            self._gone.discard(rid)
+            if not left:
+                self._handles[rid] = handle
+        if left:
+            self.core.abort_handle(handle)
 
     async def stop(self, request_id: str) -> RequestOutput | None:
         """End a request now (a stop string was found in its text): its pages return and its output, as the
@@ -116,8 +133,9 @@ class AsyncLLM:
         finally:
             with self._lock:
                 self._streams.pop(rid, None)
-            if not done:
-                await asyncio.to_thread(self.core.abort, rid)
+                if not done:
+                    self._aborts.append(rid)
+            self._wake.set()
 
     def _push(self, rid: str, item) -> bool:
         """Hand a delta (or an encode job's result) to its consumer; whether one was still there."""
@@ -131,6 +149,10 @@ class AsyncLLM:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            with self._lock:
+                aborts, self._aborts = self._aborts, []
+            for rid in aborts:
+                self.core.abort(rid)
             if not self.core.has_unfinished_requests():
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
