@@ -4,6 +4,7 @@ SIGTERM ending an open watcher with a last event and [DONE] within the shutdown 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import signal
 import socket
@@ -12,8 +13,10 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from vxl import LLM
 from vxl.server.app import build_app
@@ -161,3 +164,33 @@ def test_dropped_streaming_clients_abort_their_requests(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_stream_routes_validate_like_chat(llm, tmp_path):
+    app = build_app(llm, "tiny", MediaLimits(str(tmp_path)))
+    with TestClient(app) as c:
+        for body, words in (([1, 2], "must be a JSON object, not list"), ({"ratio": 4}, "unknown field(s) ['ratio']"),
+                            ({"compression_ratio": 0}, "compression_ratio must be an int >= 1"),
+                            ({"max_kept_frames": 0}, "max_kept_frames must be None or an int >= 1")):
+            reply = c.post("/v1/streams", json=body)
+            assert reply.status_code == 400 and words in reply.json()["error"]["message"], reply.text
+        nested = "[" * 100_000 + "]" * 100_000
+        for path in ("/v1/streams", "/v1/chat/completions"):
+            reply = c.post(path, content=nested, headers={"Content-Type": "application/json"})
+            assert reply.status_code == 400 and "nested too deeply" in reply.json()["error"]["message"], reply.text
+        kept = c.post("/v1/streams", json={"compression_ratio": 4, "max_kept_frames": 8}).json()["id"]
+        assert app.state.vxl.streams.get(kept).max_kept_frames == 8
+        sid = c.post("/v1/streams", json={"compression_ratio": 10**9}).json()["id"]
+        frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="PNG")
+        assert c.post(f"/v1/streams/{sid}/frames", content=buf.getvalue(),
+                      headers={"content-type": "image/png"}).status_code == 200
+        reply = c.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2, "messages": [
+            {"role": "user", "content": [{"type": "video_stream", "video_stream": {"id": sid}},
+                                         {"type": "text", "text": "What happens?"}]}]})
+        assert reply.status_code == 400 and "leaves no summary token" in reply.json()["error"]["message"], reply.text
+        nul = c.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 2, "messages": [
+            {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "file:///a%00b.mp4"}},
+                                         {"type": "text", "text": "Q"}]}]})
+        assert nul.status_code == 400 and "NUL byte" in nul.json()["error"]["message"], nul.text

@@ -21,7 +21,7 @@ import torch
 
 from vxl.checks import int_at_least
 from vxl.config import IMAGE_TOKEN_INDEX
-from vxl.engine.inputs import RequestError, check_ratio
+from vxl.engine.inputs import RequestError, check_ratio, check_vst_count
 from vxl.engine.sampler import SamplingParams
 from vxl.engine.sequence import Chunk, Sequence
 from vxl.engine.visual import PrecomputedTokens
@@ -223,6 +223,8 @@ class VideoStream:
                           generator, text_chunk: int, is_encode_job: bool = False) -> tuple[Sequence, int]:
         """A Sequence answering `suffix_ids` (the question's text after the video) over the stream now (an
         encode job: no question), and its worst-case new kept tokens."""
+        if self.num_frames:             # as a request over the same frames: refused with no summary token
+            check_vst_count(self.num_frames * self.tokens_per_frame, self.window, self.ratio)
         table, rem, num_vst, visual = self.snapshot()
         seq = Sequence(index=index, request_id=request_id,
                        prompt_ids=self.prefix_ids + [IMAGE_TOKEN_INDEX] + list(suffix_ids),

@@ -126,6 +126,8 @@ async def admit_chat(s: Server, request: Request) -> ChatRequest | Response:
         return error(str(exc), exc.status, exc.code)
     except ValueError:
         return error("the request body is not valid JSON", 400)
+    except RecursionError:
+        return error("the request body is nested too deeply", 400)
     if isinstance(body, dict) and body.get("model") not in (None, s.served_model_name):
         return error(f"model {body.get('model')!r} is not served here (only {s.served_model_name!r})", 404,
                      "model_not_found")

@@ -86,6 +86,8 @@ def local_path(url: str, limits: MediaLimits) -> str:
     parsed = urlparse(url)
     if parsed.netloc not in ("", "localhost"):
         raise MediaError(f"file URL with a host is not supported: {url!r}")
+    if "\x00" in unquote(parsed.path):
+        raise MediaError("the file URL's path holds a NUL byte")
     path = os.path.realpath(unquote(parsed.path))
     root = os.path.realpath(limits.allowed_local_media_path)
     if os.path.commonpath([path, root]) != root:

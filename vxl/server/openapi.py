@@ -111,7 +111,9 @@ CHAT = {"openapi_extra": {"requestBody": {"required": True, **json_body(CHAT_REQ
                                400, 401, 403, 404, 413, 500, 503,
                                description="a chat.completion, or server-sent chat.completion.chunk events")}
 OPEN_STREAM = {"openapi_extra": {"requestBody": {"required": False, **json_body({
-    "type": "object", "properties": {"compression_ratio": {"type": ["integer", "null"], "minimum": 1}}})}},
+    "type": "object", "additionalProperties": False, "properties": {
+        "compression_ratio": {"type": ["integer", "null"], "minimum": 1},
+        "max_kept_frames": {"type": ["integer", "null"], "minimum": 1}}})}},
     "responses": responses(json_body(STREAM_STATUS)["content"], 400, 401, 403, 413, 429)}
 POST_FRAMES = {"openapi_extra": {"requestBody": {"required": True, "description": "one image or a short video file",
                                                  "content": {t: {"schema": {"type": "string", "format": "binary"}}

@@ -63,11 +63,11 @@ class StreamRegistry:
         self.llm, self.idle_timeout_s, self.max_streams = llm, idle_timeout_s, max_streams
         self.streams: dict[str, tuple[object, float]] = {}
 
-    def open(self, ratio) -> tuple[str, object]:
+    def open(self, ratio, max_kept_frames=None) -> tuple[str, object]:
         if len(self.streams) >= self.max_streams:
             raise MediaError(f"the server has {self.max_streams} streams open, its cap; close one or retry later",
                              429, "too_many_streams")
-        stream = self.llm.open_stream(compression_ratio=ratio)
+        stream = self.llm.open_stream(compression_ratio=ratio, max_kept_frames=max_kept_frames)
         sid = "stream-" + uuid.uuid4().hex
         self.streams[sid] = (stream, time.monotonic())
         return sid, stream
@@ -111,14 +111,32 @@ def fail(exc: Exception) -> JSONResponse:
                         status_code=code)
 
 
+OPEN_FIELDS = ("compression_ratio", "max_kept_frames")
+
+
 @stream_router.post("/v1/streams", **openapi.OPEN_STREAM)
 async def open_stream(request: Request):
     try:
-        body = json.loads(await read_body(request, 2**20) or b"{}")
-        sid, stream = await asyncio.to_thread(server_of(request).streams.open, body.get("compression_ratio"))
-    except (ValueError, TypeError, AttributeError) as exc:
+        body = json_object(await read_body(request, 2**20) or b"{}", "the stream's settings")
+        unknown = sorted(set(body) - set(OPEN_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; known: {list(OPEN_FIELDS)}")
+        sid, stream = await asyncio.to_thread(server_of(request).streams.open, body.get("compression_ratio"),
+                                              body.get("max_kept_frames"))
+    except (ValueError, TypeError) as exc:
         return fail(exc)
     return status(sid, stream)
+
+
+def json_object(body: bytes, what: str) -> dict:
+    """A JSON object body, or ValueError naming what is wrong with it."""
+    try:
+        obj = json.loads(body)
+    except RecursionError:
+        raise ValueError(f"{what} are nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a JSON object, not {type(obj).__name__}")
+    return obj
 
 
 @stream_router.post("/v1/streams/{sid}/frames", **openapi.POST_FRAMES)
@@ -156,9 +174,7 @@ async def watch(sid: str, request: Request):
     """A standing question as server-sent events: {"frames", "text"} after every `every_n_windows` newly
     encoded windows, until the stream closes or the client goes away."""
     try:
-        body = json.loads(await read_body(request, 2**20))
-        if not isinstance(body, dict):
-            raise ValueError("the watch body must be a JSON object with a prompt")
+        body = json_object(await read_body(request, 2**20), "the watch body (a JSON object with a prompt)")
         every = int_at_least("every_n_windows", body.get("every_n_windows", 1), 1)
         params = SamplingParams(max_tokens=body.get("max_tokens", defaults.MAX_TOKENS),
                                 temperature=body.get("temperature", 0.0))
