@@ -126,3 +126,16 @@ def test_a_clients_uuid_never_answers_from_another_clients_video(client, tmp_pat
             {"type": "text", "text": "What happens?"}]}], compression_ratio=4)
         answers.append(reply["vxl_metrics"]["num_cached_visual_tokens"])
     assert answers == [0, 0] and len(cache) == 2          # the second video was encoded, not taken from the first
+
+
+def test_images_over_the_cap_are_refused_before_any_is_read(tmp_path, monkeypatch):
+    from vxl.server import protocol
+    llm = LLM("tiny", device="cpu", dtype="float32")
+    app = build_app(llm, "tiny", MediaLimits(str(tmp_path), max_images=3))
+    read = []
+    monkeypatch.setattr(protocol, "resolve_image", lambda url, limits: read.append(url))
+    parts = [{"type": "image_url", "image_url": {"url": f"file:///img{i}.png"}} for i in range(4)]
+    with TestClient(app) as c:
+        reply = c.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+            {"role": "user", "content": parts + [{"type": "text", "text": "Q"}]}]})
+    assert reply.status_code == 413 and "4 images" in reply.json()["error"]["message"] and read == []

@@ -64,6 +64,13 @@ def parse_messages(messages, media: Media, limits: MediaLimits, num_frames: int 
     if isinstance(content, str):
         return content, {}
     _expect(isinstance(content, list) and content, "message content must be a string or a list of parts")
+    _expect(all(isinstance(part, dict) for part in content), "each content part must be an object with a type")
+    kinds = [part.get("type") for part in content]     # counted before any media is read or decoded
+    num_images, num_videos = kinds.count("image_url"), kinds.count("video_url") + kinds.count("video_stream")
+    if num_images > limits.max_images:
+        raise MediaError(f"{num_images} images are over the server's cap of {limits.max_images}", 413, "too_large")
+    _expect(num_videos <= 1 and not (num_videos and num_images),
+            "a request takes one video or stream, or images, not several")
     texts, videos, images, live = [], [], [], []
     for part in content:
         _expect(isinstance(part, dict), "each content part must be an object with a type")
