@@ -1,7 +1,7 @@
 """Host cost of one engine step (`python -m bench.step_overhead`): milliseconds per `llm.step()` with 1, 16,
 64, 256 decoding sequences and for a step of visual windows, on the tiny model (torch backend, 1 thread by
 default), measured twice: (a) the whole step, model included; (b) the host part only (scheduler, embedding,
-step preparation `ModelRunner.build_step`, sampling, bookkeeping), the model's forward and logits replaced
+step preparation `ModelRunner.host_step`, sampling, bookkeeping), the model's forward and logits replaced
 by a stub that returns zeros of the right shape. Writes one labelled run ("before", "after", ...) into a
 JSON file that keeps the other labels, each with hardware, versions and commit.
 

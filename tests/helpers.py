@@ -1,12 +1,18 @@
-"""Shared test helpers: tiny random Video-XL configs and models, written to official-layout directories."""
+"""Shared test helpers: tiny random Video-XL configs and models, written to official-layout directories;
+paged caches; the one mp4 writer of the tests; images as the frames the engine makes of them."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 
+import numpy as np
 import torch
 
 from vxl.config import ModelConfig
+from vxl.engine.image import load_image
+from vxl.engine.preprocess import preprocess_frames
+from vxl.model.clip_configs import ImageProcessorConfig
 from vxl.model.loader import LoadedModel
 from vxl.model.tiny import save_checkpoint
 from vxl.model.video_llm import VideoXLForCausalLM
@@ -83,3 +89,42 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(10)))
             + chunk(b"IEND", b""))
+
+
+def write_mp4(path, frames: np.ndarray, *, lossless: bool = True, options: dict[str, str] | None = None) -> str:
+    """uint8 RGB frames [T, H, W, 3] as H.264 in an .mp4 at 24 fps (PyAV); returns str(path).
+
+    Lossless (crf 0) unless `lossless=False` (x264's default quality). 4:2:0 chroma where H and W are even,
+    4:4:4 otherwise (4:2:0 needs even sizes). `options` are further x264 options (e.g. {"g": "5"})."""
+    import av
+    height, width = frames.shape[1:3]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.options = {**({"crf": "0"} if lossless else {}), **(options or {})}
+        container.start_encoding()          # so that no frames still writes a file (a video of zero frames)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def moving_square_frames(num_frames: int = 96, height: int = 120, width: int = 160) -> np.ndarray:
+    """[T, H, W, 3] uint8: a moving coloured 24 px square on a slowly changing background."""
+    frames = np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+    for t, frame in enumerate(frames):
+        frame[:] = (40 + t % 60, 80, 120 + (t * 2) % 100)
+        x, y = (t * 3) % (width - 24), (t * 2) % (height - 24)
+        frame[y:y + 24, x:x + 24] = (230, 200 - t % 50, 30)
+    return frames
+
+
+def images_as_frames(images, processor: ImageProcessorConfig) -> torch.Tensor:
+    """uint8 [N, S, S, 3]: each image resized and center cropped by `preprocess_frames` alone, before
+    rescale/normalise (the frames an `images` request should stream as a video)."""
+    geometry = dataclasses.replace(processor, do_rescale=False, do_normalize=False)
+    frames = [preprocess_frames(load_image(image)[None], geometry) for image in images]   # (1, 3, S, S) each
+    return torch.cat(frames).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()

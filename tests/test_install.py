@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import venv
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

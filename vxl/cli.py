@@ -10,31 +10,11 @@ import json
 import os
 import sys
 
-import numpy as np
-
 from vxl.batch.cli import add_batch_parser
 from vxl.engine.planner import DEFAULT_MODEL, parse_bytes
 from vxl.model.registry import builtin_model_names, describe_builtin_models
 from vxl.replay import add_stream_parser, replay
 from vxl.server.serve import add_serve_parser
-
-
-def write_demo_video(path: str, num_frames: int = 96, height: int = 120, width: int = 160, fps: int = 24) -> str:
-    """A moving coloured square on a slowly changing background, H.264 in an .mp4 (via PyAV)."""
-    import av
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for t in range(num_frames):
-            frame = np.zeros((height, width, 3), dtype=np.uint8)
-            frame[:] = (40 + t % 60, 80, 120 + (t * 2) % 100)
-            x, y = (t * 3) % (width - 24), (t * 2) % (height - 24)
-            frame[y:y + 24, x:x + 24] = (230, 200 - t % 50, 30)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def format_metrics(m: dict) -> str:

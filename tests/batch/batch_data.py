@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
+from helpers import write_mp4
 from vxl import SamplingParams
 from vxl.demo.tasks import make_sample
 
@@ -14,22 +13,9 @@ QUESTIONS = ["Which colour appeared first?", "How many times did a red object ap
 NUM_FRAMES, RATIO, MAX_TOKENS = 24, 4, 6
 
 
-def write_video(path: str, frames: np.ndarray) -> str:
-    import av
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=24, options={"crf": "0"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 def make_videos(root, num_videos: int) -> list[str]:
     tasks = ["ordering", "counting", "retrieval"]
-    return [write_video(str(root / f"v{i}.mp4"), make_sample(tasks[i % 3], 32, [91, i]).frames)
+    return [write_mp4(str(root / f"v{i}.mp4"), make_sample(tasks[i % 3], 32, [91, i]).frames)
             for i in range(num_videos)]
 
 

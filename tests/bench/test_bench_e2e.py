@@ -16,6 +16,7 @@ from bench import e2e  # noqa: E402
 from bench.common import PeakRSS, env_info  # noqa: E402
 from bench.flops import llm_row_flops, request_flops  # noqa: E402
 from bench.scaling import fit_quadratic  # noqa: E402
+from helpers import moving_square_frames, write_mp4  # noqa: E402
 from vxl.vst import count_vst  # noqa: E402
 from vxl.model.tiny import TINY_CLIP, tiny_model_config  # noqa: E402
 
@@ -59,8 +60,7 @@ def test_e2e_sweep_in_process(tmp_path):
 
 
 def test_e2e_isolated_points_and_video_file(tmp_path):
-    from vxl.cli import write_demo_video
-    video = write_demo_video(str(tmp_path / "v.mp4"), num_frames=24)
+    video = write_mp4(tmp_path / "v.mp4", moving_square_frames(24), lossless=False)
     rc = e2e.main(["--frames", "12", "--ratios", "1", "4", "--isolate", "--max-tokens", "2", "--min-seconds", "0",
                    "--video", video,
                    "--out", str(tmp_path), "--name", "iso"])
@@ -117,16 +117,28 @@ def test_env_info_has_versions_and_commit():
     assert info["torch"] == torch.__version__ and info["commit"]
 
 
+def parameter_counts(cfg, clip) -> dict[str, int]:
+    """Parameters per part of the full-size model, counted on the meta device (nothing allocated): `llm`
+    (Qwen2 without beacon weights), `beacon`, `vision` (the CLIP layers actually built), `projector`."""
+    from vxl.model.random_full import meta_model
+    counts = {"llm": 0, "beacon": 0, "vision": 0, "projector": 0}
+    for name, p in meta_model(cfg, clip).named_parameters():
+        part = ("vision" if ".vision_tower." in name else "projector" if ".mm_projector." in name
+                else "beacon" if "beacon_" in name else "llm")
+        counts[part] += p.numel()
+    return counts
+
+
 def test_random_full_config_arithmetic():
-    from vxl.model.random_full import describe, random_full_configs
+    from vxl.model.random_full import random_full_configs
+    from vxl.model.vision import tokens_per_frame
     cfg, clip = random_full_configs()
-    d = describe(cfg, clip)                                # counted on the meta device: nothing allocated
-    params = d["parameters"]
+    params = parameter_counts(cfg, clip)
     assert params["llm"] == 7_615_616_512                  # Qwen2-7B
     assert params["beacon"] == 28 * (3584 * 3584 + 3584 + 2 * (3584 * 512 + 512)) + 3584   # + beacon embedding
     assert 0.28e9 < params["vision"] < 0.31e9              # CLIP-L/336 up to layer -2
     assert 7.9e9 < params["llm"] + params["vision"] < 8.0e9
-    assert d["bytes_per_token_bf16"] == 56 * 1024 and d["tokens_per_frame"] == 144
+    assert cfg.bytes_per_token(2) == 56 * 1024 and tokens_per_frame(clip, cfg.mm_spatial_pool_stride) == 144
     assert cfg.beacon_window == 1440 and cfg.num_key_value_heads == 4 and cfg.head_dim == 128
     # DESIGN: 2048 frames at r = 16 keep 18,432 VSTs = about 1 GiB
     assert count_vst(2048 * 144, cfg.beacon_window, 16) * cfg.bytes_per_token(2) == 18432 * 56 * 1024

@@ -13,6 +13,7 @@ if REPO_ROOT not in sys.path:
 from bench import decode  # noqa: E402
 from bench.e2e import CPU_FRAMES, sweep_frames  # noqa: E402
 from bench import e2e, niah  # noqa: E402
+from helpers import moving_square_frames, write_mp4  # noqa: E402
 
 POINT_FIELDS = {"method", "readers", "keyframe_snap", "num_frames", "seconds", "seconds_all", "frames_per_s",
                 "speedup_vs_released", "frame_indices", "max_index_shift"}
@@ -42,8 +43,7 @@ def test_decode_benchmark_on_a_generated_video(tmp_path):
 
 
 def test_decode_benchmark_on_a_given_file_and_bad_arguments(tmp_path):
-    from vxl.cli import write_demo_video
-    video = write_demo_video(str(tmp_path / "v.mp4"), num_frames=24, height=64, width=80)
+    video = write_mp4(tmp_path / "v.mp4", moving_square_frames(24, 64, 80), lossless=False)
     assert decode.main(["--video", video, "--num-frames", "6", "--workers", "1", "--repeats", "1",
                         "--out", str(tmp_path)]) == 0
     with open(tmp_path / "decode_v.json") as f:

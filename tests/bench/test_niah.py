@@ -24,6 +24,7 @@ from bench.niah_data import (  # noqa: E402
     paste_image,
     render_needle,
 )
+from helpers import moving_square_frames, write_mp4  # noqa: E402
 
 
 def test_render_needle_writes_dark_text_on_white():
@@ -62,8 +63,7 @@ def test_extract_letter(text, letter):
 
 
 def test_haystack_from_a_video_file(tmp_path):
-    from vxl.cli import write_demo_video
-    path = write_demo_video(str(tmp_path / "hay.mp4"), num_frames=30)
+    path = write_mp4(tmp_path / "hay.mp4", moving_square_frames(30), lossless=False)
     frames = load_haystack(path, 8, 0, 0, seed=0)
     assert frames.shape == (8, 120, 160, 3) and frames.dtype == np.uint8
     assert load_haystack(None, 5, 20, 30, seed=0).shape == (5, 20, 30, 3)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vxl.engine.image import (anyres_grid_shape, anyres_tiles, check_image_config, divide_to_tiles,
-                              images_as_frames, load_image, parse_pinpoints, preprocess_images,
-                              resize_and_pad, select_best_resolution)
+from helpers import images_as_frames
+from vxl.engine.image import (ImageFramesSource, anyres_tiles, check_image_config, divide_to_tiles, load_image,
+                              parse_pinpoints, resize_and_pad, select_best_resolution)
 from vxl.engine.preprocess import ImageProcessorConfig, preprocess_frames
 from vxl.engine.video import open_video
 
@@ -105,8 +105,6 @@ def test_anyres_tiles(size):
     tiles = anyres_tiles(torch.from_numpy(img), VIDEOXL_PINPOINTS, 336)
     assert tiles.shape == ((tw // 336) * (th // 336), 336, 336, 3) and tiles.dtype == torch.uint8
     assert np.array_equal(tiles.numpy(), ref_tiles(ref_resize_and_pad(img, (tw, th))[0], 336))
-    cols, rows = anyres_grid_shape(size, VIDEOXL_PINPOINTS, 336)
-    assert cols * rows == tiles.shape[0]
 
 
 def test_tile_counts():
@@ -138,27 +136,31 @@ def test_tiles_preprocess_without_resize():
     assert torch.equal(preprocess_frames(tiles, cfg), expected)
 
 
+def preprocess_each(images, cfg) -> torch.Tensor:
+    """float32 pixel values [N, 3, S, S]: `preprocess_frames` on each image alone."""
+    return torch.cat([preprocess_frames(load_image(image)[None], cfg) for image in images])
+
+
 @pytest.mark.parametrize("cfg", [TINY_CFG, ImageProcessorConfig.clip_vit_l_336()])
-def test_images_as_frames_equal_per_image_preprocessing(cfg):
+def test_image_frames_equal_per_image_preprocessing(cfg):
     images = [rand_image(40, 70, 4), Image.fromarray(rand_image(90, 31, 5)), torch.from_numpy(rand_image(17, 17, 6))]
-    loaded = images_as_frames(images)
-    assert [tuple(x.shape) for x in loaded] == [(40, 70, 3), (90, 31, 3), (17, 17, 3)]
-    frames = images_as_frames(images, cfg)
+    source = ImageFramesSource(images, cfg)
+    assert source.num_frames == 3
+    frames = torch.cat(list(source.iter_chunks(2)))
     s = cfg.crop_size
     assert frames.shape == (3, s, s, 3) and frames.dtype == torch.uint8
-    pixels = preprocess_images(images, cfg)
+    assert torch.equal(frames, images_as_frames(images, cfg))
+    pixels = preprocess_each(images, cfg)
     assert pixels.shape == (3, 3, s, s)
-    for i, img in enumerate(loaded):
-        assert torch.equal(pixels[i:i + 1], preprocess_frames(img[None], cfg))
     assert torch.equal(preprocess_frames(frames, cfg), pixels)         # second resize is a no-op
-    source = open_video(frames)                                          # streams as a video array
-    assert source.num_frames == 3
-    assert torch.equal(torch.cat(list(source.iter_chunks(2))), frames)
+    video = open_video(frames)                                           # streams as a video array
+    assert video.num_frames == 3
+    assert torch.equal(torch.cat(list(video.iter_chunks(2))), frames)
 
 
 def test_same_size_images_equal_video_array():
     frames = np.stack([rand_image(50, 80, seed) for seed in range(4)])
-    pixels = preprocess_images(list(frames), TINY_CFG)
+    pixels = preprocess_each(list(frames), TINY_CFG)
     assert torch.equal(pixels, preprocess_frames(torch.from_numpy(frames), TINY_CFG))
 
 
@@ -186,9 +188,9 @@ def test_bad_images(tmp_path):
         with pytest.raises(ValueError, match=message):
             load_image(image)
     with pytest.raises(ValueError, match=r"images\[1\]: .*not found"):
-        images_as_frames([rand_image(5, 5), tmp_path / "missing.png"], TINY_CFG)
+        ImageFramesSource([rand_image(5, 5), tmp_path / "missing.png"], TINY_CFG)
     with pytest.raises(ValueError, match="non-empty list"):
-        images_as_frames([])
+        ImageFramesSource([], TINY_CFG)
 
 
 def test_parse_pinpoints():

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from helpers import images_as_frames
 from vxl import LLM, SamplingParams
-from vxl.engine.image import anyres_tiles, images_as_frames, parse_pinpoints
+from vxl.engine.image import anyres_tiles, parse_pinpoints
 from vxl.engine.preprocess import preprocess_frames
 from vxl.model.tiny import build_tiny, save_checkpoint
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import vxl.engine.image as image_mod
+from helpers import images_as_frames
 from vxl import LLM, SamplingParams
 from vxl.config import MAX_PINPOINTS
 from vxl.engine.image import parse_pinpoints
@@ -57,7 +58,7 @@ def test_too_many_images_are_refused_before_any_is_decoded(load_calls):
 def test_images_stream_a_window_at_a_time(load_calls):
     llm = LLM("tiny", device="cpu")
     imgs = [picture(i, 20 + i, 30) for i in range(25)]              # 10 frames per 160-token window
-    frames = image_mod.images_as_frames(imgs, llm.loaded.image_processor)
+    frames = images_as_frames(imgs, llm.loaded.image_processor)
     load_calls.clear()
     a, b = llm.generate([{"prompt": "Q", "images": imgs}, {"prompt": "Q", "video": frames}], PARAMS, use_tqdm=False)
     assert a.error is None and a.token_ids == b.token_ids and a.metrics["num_frames"] == 25

@@ -1,6 +1,9 @@
-"""The cheap step path: the torch backend's batched decode / window attention against its one-sequence-at-
-a-time statement, and `ModelRunner.build_step` (host-built, one copy) against the per-chunk construction."""
+"""The cheap step path: the torch backend's batched decode / window attention against a one-sequence-at-a-
+time statement written here, and `ModelRunner.host_step` + `upload` (host-built, one copy) against the
+per-chunk construction."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -8,6 +11,42 @@ import torch
 from helpers import paged_cache
 from vxl.vst import interleave
 from vxl.kernels import reference
+
+
+def kept_entries(cache, block_table, length: int) -> torch.Tensor:
+    """The first `length` entries of one sequence's pages: [length, nkv, hd]."""
+    idx = torch.arange(length)
+    return cache[block_table[idx // cache.shape[1]].long(), idx % cache.shape[1]]
+
+
+def attend(q, keys, values, visible) -> torch.Tensor:
+    """Softmax attention, q [n, nh, hd] over keys/values [m, nkv, hd] (GQA), visible [n, m] -> [n, nh, hd]."""
+    group = q.shape[1] // keys.shape[1]
+    scores = torch.einsum("nhd,mhd->hnm", q, keys.repeat_interleave(group, 1)) / math.sqrt(q.shape[-1])
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    return torch.einsum("hnm,mhd->nhd", probs, values.repeat_interleave(group, 1))
+
+
+def decode_attention_per_seq(q, k_cache, v_cache, block_tables, seq_lens) -> torch.Tensor:
+    """`decode_attention` one sequence at a time: q [B, nh, hd] over each sequence's seq_lens[b] entries."""
+    out = torch.empty_like(q)
+    for b, m in enumerate(seq_lens.tolist()):
+        keys, values = kept_entries(k_cache, block_tables[b], m), kept_entries(v_cache, block_tables[b], m)
+        out[b:b + 1] = attend(q[b:b + 1], keys, values, torch.ones(1, m, dtype=torch.bool))
+    return out
+
+
+def window_attention_per_seq(q, k, v, k_cache, v_cache, block_tables, kept_lens, cu_seqlens) -> torch.Tensor:
+    """`window_attention` one chunk at a time: chunk b's rows over [its kept_lens[b] entries ; itself, causally]."""
+    out = torch.empty_like(q)
+    for b, m in enumerate(kept_lens.tolist()):
+        s, e = int(cu_seqlens[b]), int(cu_seqlens[b + 1])
+        keys = torch.cat([kept_entries(k_cache, block_tables[b], m), k[s:e]])
+        values = torch.cat([kept_entries(v_cache, block_tables[b], m), v[s:e]])
+        visible = torch.ones(e - s, m + e - s, dtype=torch.bool)
+        visible[:, m:] = torch.ones(e - s, e - s, dtype=torch.bool).tril()
+        out[s:e] = attend(q[s:e], keys, values, visible)
+    return out
 
 
 def random_kept(seq_lens, num_kv_heads, head_dim, gen):
@@ -27,7 +66,7 @@ def test_batched_decode_attention_matches_per_sequence(page_size, permute, num_h
     args = (q, k_cache, v_cache, tables, torch.tensor(seq_lens, dtype=torch.int32))
     out = reference.decode_attention(*args)
     assert out.shape == q.shape and out.dtype == q.dtype
-    torch.testing.assert_close(out, reference.decode_attention_per_seq(*args), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, decode_attention_per_seq(*args), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("page_size", [1, 16])
@@ -50,7 +89,7 @@ def test_batched_window_attention_matches_per_sequence(page_size, permute, chunk
     args = (q, k, v, k_cache, v_cache, tables, torch.tensor(kept_lens, dtype=torch.int32), cu)
     out = reference.window_attention(*args)
     assert out.shape == q.shape
-    torch.testing.assert_close(out, reference.window_attention_per_seq(*args), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, window_attention_per_seq(*args), atol=1e-5, rtol=1e-5)
 
 
 class _Seq:  # the runner only needs a block table and a kept length from a sequence
@@ -64,7 +103,7 @@ class _Seq:  # the runner only needs a block table and a kept length from a sequ
 
 def per_chunk_rows(kv_cache, chunk):
     """(is_vst, kept_positions, slot_mapping) of one chunk, built with torch one chunk at a time (the
-    construction build_step replaced)."""
+    construction host_step replaced)."""
     n, kept = chunk.num_slots, chunk.seq.kept_len
     if chunk.kind != "window":
         is_vst, kept_idx = torch.zeros(n, dtype=torch.bool), kept + torch.arange(n)
@@ -77,7 +116,7 @@ def per_chunk_rows(kv_cache, chunk):
 
 
 @pytest.mark.parametrize("page_size", [1, 16])
-def test_build_step_matches_per_chunk_construction(page_size):
+def test_host_step_matches_per_chunk_construction(page_size):
     from vxl.engine.kv_cache import KVCache
     from vxl.engine.runner import ModelRunner
     from vxl.engine.sequence import Chunk
@@ -96,7 +135,7 @@ def test_build_step_matches_per_chunk_construction(page_size):
                     ratio=8),                           # a window with no VST
               Chunk(seq=seqs[4], kind="text", num_kept=4, sample=True, token_ids=[1, 2, 3, 4])]
     runner = ModelRunner(None, None, kv_cache)
-    step, token_ids, sample_idx = runner.prepare(chunks)
+    step, token_ids, sample_idx = runner.upload(runner.host_step(chunks))
     rows = [per_chunk_rows(kv_cache, c) for c in chunks]
     lens = [c.num_slots for c in chunks]
     assert torch.equal(step.is_vst, torch.cat([r[0] for r in rows])) and step.has_vst
@@ -128,7 +167,8 @@ def test_decode_step_is_flagged_and_has_no_vst():
         seq.table.reserve(num_kept)
         seq.table.num_tokens = num_kept
     chunks = [Chunk(seq=s, kind="decode", num_kept=1, sample=True, token_ids=[7]) for s in seqs]
-    step = ModelRunner(None, None, kv_cache).build_step(chunks)
+    runner = ModelRunner(None, None, kv_cache)
+    step, _, _ = runner.upload(runner.host_step(chunks))
     assert step.is_decode and not step.has_vst and not step.is_vst.any()
     assert step.positions.tolist() == [16, 3, 40]
     assert step.slot_mapping.tolist() == [seqs[0].table.pages[1] * 16, seqs[1].table.pages[0] * 16 + 3,

@@ -4,12 +4,12 @@ with PyAV (lossless x264, frame i mostly grey level 10 + 5 i so a decoded frame 
 """
 import math
 
-import av
 import decord
 import numpy as np
 import pytest
 import torch
 
+from helpers import write_mp4
 from vxl.engine.video import (DEFAULT_FILE_FRAMES, open_video, sample_indices,
                               snap_to_keyframes)
 
@@ -20,19 +20,11 @@ def frame_grey(i: int) -> int:
 
 
 def write_video(path, num_frames: int, width: int, height: int, gop: int) -> None:
-    pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"   # 4:2:0 needs even sizes
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.options = {"crf": "0", "g": str(gop), "preset": "ultrafast"}
-        for i in range(num_frames):
-            img = np.empty((height, width, 3), np.uint8)
-            img[...] = frame_grey(i)
-            img[: height // 2, : width // 3] = (255 - frame_grey(i), 90, 30)     # some spatial content
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for i, img in enumerate(frames):
+        img[...] = frame_grey(i)
+        img[: height // 2, : width // 3] = (255 - frame_grey(i), 90, 30)         # some spatial content
+    write_mp4(path, frames, options={"g": str(gop), "preset": "ultrafast"})
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +37,8 @@ def videos(tmp_path_factory):
         write_video(paths[name], n, w, h, gop)
     paths["text"] = d / "notes.mp4"
     paths["text"].write_text("this is not a video\n")
-    empty = d / "empty.mp4"                                   # a video stream with zero frames
-    with av.open(str(empty), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        container.start_encoding()
-    paths["empty"] = empty
+    paths["empty"] = d / "empty.mp4"                          # a video stream with zero frames
+    write_mp4(paths["empty"], np.zeros((0, 48, 64, 3), np.uint8))
     return paths
 
 

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import moving_square_frames, write_mp4
 from vxl import LLM, SamplingParams
-from vxl.cli import main, write_demo_video
+from vxl.cli import main
 from vxl.vst import window_lengths
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    return write_demo_video(str(tmp_path_factory.mktemp("v") / "clip.mp4"), num_frames=40, height=72, width=96)
+    return write_mp4(tmp_path_factory.mktemp("v") / "clip.mp4", moving_square_frames(40, 72, 96), lossless=False)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,7 @@ def test_parallel_decoding_and_keyframe_snap(video):
 
 
 def test_cli_single_long_video_shows_its_windows_bar(video, tmp_path, capsys):
-    long_video = write_demo_video(str(tmp_path / "long.mp4"), num_frames=200, height=64, width=96)
+    long_video = write_mp4(tmp_path / "long.mp4", moving_square_frames(200, 64, 96), lossless=False)
     argv = ["generate", long_video, "--model", "tiny", "--prompt", "Q", "--max-tokens", "1", "--num-frames", "200",
             "--compression-ratio", "16"]
     assert main(argv) == 0                       # 200 frames = 20 windows of the tiny model: a bar

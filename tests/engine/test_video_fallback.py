@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import write_mp4
 from vxl import LLM, SamplingParams
 from vxl.engine.video import open_video, sample_indices, snap_to_keyframes
 
@@ -17,18 +18,11 @@ SMALL_SIZES = [(2, 2), (16, 16), (24, 24), (48, 32)]          # (width, height) 
 
 
 def write_video(path, width: int, height: int) -> str:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "0", "g": str(GOP), "preset": "ultrafast"}
-        for i in range(NUM_FRAMES):
-            img = np.full((height, width, 3), 10 + 5 * i, np.uint8)
-            img[: height // 2, : width // 2] = (250 - 5 * i, 90, 30)           # some spatial content
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+    frames = np.empty((NUM_FRAMES, height, width, 3), np.uint8)
+    for i, img in enumerate(frames):
+        img[...] = 10 + 5 * i
+        img[: height // 2, : width // 2] = (250 - 5 * i, 90, 30)               # some spatial content
+    return write_mp4(path, frames, options={"g": str(GOP), "preset": "ultrafast"})
 
 
 def write_audio_only(path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import small_config, write_checkpoint
+from helpers import moving_square_frames, small_config, write_checkpoint, write_mp4
 from vxl import IMAGE_TOKEN_INDEX, LLM, SamplingParams
 from vxl.engine.video_memory import VideoMemory
 
@@ -96,8 +96,7 @@ def test_save_load_round_trip_and_refusals(ckpt, tmp_path):
 
 
 def test_tiny_model_video_memory_with_prompts(tmp_path):
-    from vxl.cli import write_demo_video
-    video = write_demo_video(str(tmp_path / "v.mp4"), num_frames=24, height=64, width=80)
+    video = write_mp4(tmp_path / "v.mp4", moving_square_frames(24, 64, 80), lossless=False)
     llm = LLM("tiny", device="cpu")
     mem = llm.encode_video(video, compression_ratio=4, num_frames=24)
     prompts = ["What color is the square?", "Where does it move?"]

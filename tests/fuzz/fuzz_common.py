@@ -78,16 +78,3 @@ def combine(req_expect, params_expect):
     if params_expect is OK or req_expect == ANY:
         return req_expect
     return ANY                      # both bad: which one is named first is the engine's choice
-
-
-def write_mp4(path: str, frames: np.ndarray) -> str:
-    import av
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=24, options={"crf": "0"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path

@@ -20,8 +20,8 @@ import torch
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
-from fuzz_common import GREEDY, PH, assert_pool_free, fuzz_settings, write_mp4
-from helpers import small_config, write_checkpoint
+from fuzz_common import GREEDY, PH, assert_pool_free, fuzz_settings
+from helpers import small_config, write_checkpoint, write_mp4
 from vxl import LLM, SamplingParams
 
 

@@ -14,7 +14,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_common import ANY, GREEDY, OK, RATIOS, combine, fuzz_settings, run_batch, with_solos, write_mp4
+from fuzz_common import ANY, GREEDY, OK, RATIOS, combine, fuzz_settings, run_batch, with_solos
+from helpers import write_mp4
 from vxl import LLM
 
 VIDEO_WORDS = ("video",)

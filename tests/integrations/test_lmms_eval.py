@@ -8,12 +8,12 @@ CPU torch): `.ci/run` runs this file in a venv of its own (see there). Skipped w
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 lmms_models = pytest.importorskip("lmms_eval.models", reason="lmms-eval is not installed (.ci/run installs it)")
 from lmms_eval.api.instance import Instance  # noqa: E402
 
+from helpers import write_mp4  # noqa: E402
 from vxl import SamplingParams  # noqa: E402
 from vxl.demo.tasks import make_sample  # noqa: E402
 from vxl.engine.inputs import prompt_ids_from_text  # noqa: E402
@@ -25,24 +25,13 @@ GEN_KWARGS = {"until": ["\n\n"], "max_new_tokens": MAX_NEW_TOKENS, "temperature"
               "num_beams": 1}
 
 
-def write_video(path: str, frames: np.ndarray) -> str:
-    import av
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=24, options={"crf": "0"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
-
-
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
     """One doc per question: three videos, two questions each, and a question without a video."""
     root, docs = tmp_path_factory.mktemp("lmms_videos"), []
     for v, task in enumerate(["ordering", "counting", "retrieval"]):
         qas = [qa for seed in range(2) for qa in make_sample(task, 32, [7, v, seed]).qas][:2]
-        path = write_video(str(root / f"{task}.mp4"), make_sample(task, 32, [7, v, 0]).frames)
+        path = write_mp4(str(root / f"{task}.mp4"), make_sample(task, 32, [7, v, 0]).frames)
         docs += [{"video": path, "question": qa.prompt, "options": [qa.right] + [o for o in qa.options if o != qa.right]}
                  for qa in qas]
     return docs + [{"video": None, "question": "Say something.", "options": ["yes", "no"]}]

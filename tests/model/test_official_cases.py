@@ -10,11 +10,20 @@ import torch
 from safetensors.torch import load_file
 
 from vxl import LLM, SamplingParams
-from vxl.kernels.reference import apply_rope, gather_kv
+from vxl.kernels.reference import apply_rope
 
 # a copy of ../shared/data/videoxl_official_small (1.9 MB), so every clone and CI run checks it
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "videoxl_official_small")
 CASES = ["p_r2", "p_r8", "p_r16", "p_r16_b"]
+
+
+def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+              length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `length` kept entries of one sequence: k, v [length, nkv, hd]."""
+    page_size = k_cache.shape[1]
+    idx = torch.arange(length, device=k_cache.device)
+    pages = block_table[idx // page_size].long()
+    return k_cache[pages, idx % page_size], v_cache[pages, idx % page_size]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +82,7 @@ def test_prefill_logits_and_kept_kv(official, case):
         while True:
             chunk = seq.next_chunk(max_rows=10**9)
             assert not llm.core.vision.encode([chunk])  # a window's embeddings, from the vision stage
-            hidden, _ = llm.runner.forward([chunk])      # appends the kept K/V, advances the kept length
+            hidden, _, _ = llm.runner.forward([chunk])   # appends the kept K/V, advances the kept length
             if chunk.sample:      # the last text chunk (chunks of beacon_window rows, as the original)
                 got = llm.model.compute_logits(hidden)
                 break

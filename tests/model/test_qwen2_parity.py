@@ -43,6 +43,6 @@ def test_text_logits_match_transformers_qwen2():
         seq = _Seq(kv_cache.new_table())
         runner = ModelRunner(ours, get_backend("torch"), kv_cache)
         chunk = Chunk(seq=seq, kind="text", num_kept=37, sample=True, token_ids=ids[0].tolist())
-        hidden, _ = runner.forward([chunk])
+        hidden, _, _ = runner.forward([chunk])
         got = ours.compute_logits(hidden)
     assert (got - expected).abs().max() < 1e-5

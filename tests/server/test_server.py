@@ -17,10 +17,9 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
-from helpers import png_header_only
+from helpers import png_header_only, write_mp4
 from vxl import LLM, SamplingParams
 from vxl.demo.tasks import make_sample
 
@@ -28,19 +27,6 @@ openai = pytest.importorskip("openai")
 QUESTIONS = ["Which colour appeared first?", "How many times did a red object appear?",
              "What colour was the object that appeared once?"]
 NUM_FRAMES, RATIO = 24, 4
-
-
-def write_video(path: str, frames: np.ndarray) -> str:
-    import av
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=24, options={"crf": "0"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def free_port() -> int:
@@ -111,7 +97,7 @@ def png_data_url(width: int, height: int) -> str:
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
-    paths = [write_video(str(root / f"v{i}.mp4"), make_sample(task, 40, [77, i]).frames)
+    paths = [write_mp4(str(root / f"v{i}.mp4"), make_sample(task, 40, [77, i]).frames)
              for i, task in enumerate(["ordering", "counting", "retrieval", "ordering"])]
     return root, paths
 

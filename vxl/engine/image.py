@@ -190,13 +190,6 @@ def _check_multiples(pinpoints, tile_size: int) -> None:
         raise ValueError(f"image_grid_pinpoints {bad[:3]} are not multiples of the tile size {tile_size}")
 
 
-def anyres_grid_shape(size: tuple[int, int], pinpoints, tile_size: int) -> tuple[int, int]:
-    """(num_cols, num_rows) of tiles for an image of size (w, h): tokens = cols x rows x tokens/tile."""
-    _check_multiples(pinpoints, tile_size)
-    w, h = select_best_resolution(size, pinpoints)
-    return w // tile_size, h // tile_size
-
-
 def anyres_tiles(image, pinpoints, tile_size: int, max_pixels: int | None = None) -> torch.Tensor:
     """One image -> the uint8 tiles [N, tile_size, tile_size, 3] (row-major) whose features the released
     unires merge keeps: best pinpoint, resize_and_pad, divide_to_tiles.
@@ -229,7 +222,7 @@ def _frame_geometry(processor: ImageProcessorConfig) -> ImageProcessorConfig:
     re-preprocess unchanged."""
     if not processor.do_center_crop or (processor.do_resize and processor.shortest_edge != processor.crop_size):
         raise ValueError("these preprocessing settings do not give stackable frames that re-preprocess "
-                         "unchanged; use preprocess_images")
+                         "unchanged (several images need a center crop, and shortest_edge == crop_size)")
     return dataclasses.replace(processor, do_rescale=False, do_normalize=False)
 
 
@@ -238,28 +231,15 @@ def _as_frames(loaded: list[torch.Tensor], geometry: ImageProcessorConfig) -> to
     return torch.cat(frames).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (N, S, S, 3)
 
 
-def images_as_frames(images, processor: ImageProcessorConfig | None = None):
-    """Several images as video frames, in order.
-
-    Without `processor`: the loaded uint8 images, a list of [H_i, W_i, 3]. With it: uint8 [N, S, S, 3],
-    each image resized and center cropped exactly as `preprocess_frames` does (uint8 values, before
-    rescale/normalise). Preprocessing these frames again is then a no-op resize, so `open_video` on them
-    gives the same pixels as `preprocess_images` (one frame per image). Needs a center crop to S with
-    shortest_edge == S when resizing (true of CLIP configs); otherwise use `preprocess_images`.
-    """
-    if processor is None:
-        return _load_all(images)
-    geometry = _frame_geometry(processor)
-    return _as_frames(_load_all(images), geometry)
-
-
 class ImageFramesSource:
-    """Several images as a video source (one frame each, `images_as_frames` pixels), read lazily: the
-    frame count, and so the request's token count, is len(images) before any image is decoded, and an
-    image is loaded only when its chunk of frames is needed (never all at once). Only cheap checks run
-    here (types, that paths exist, the size of arrays and PIL images against `max_pixels`); a bad image
-    found later, a file over `max_pixels` among them (checked from its header before it is decoded), fails
-    its request with its index."""
+    """Several images as a video source, one uint8 frame [S, S, 3] each: the image resized and center
+    cropped exactly as `preprocess_frames` does (before rescale/normalise), so preprocessing the frames
+    again is a no-op resize that gives each image's own pixels. Read lazily: the frame count, and so the
+    request's token count, is len(images) before any image is decoded, and an image is loaded only when
+    its chunk of frames is needed (never all at once). Only cheap checks run here (types, that paths
+    exist, the size of arrays and PIL images against `max_pixels`); a bad image found later, a file over
+    `max_pixels` among them (checked from its header before it is decoded), fails its request with its
+    index."""
 
     decoder = None
 
@@ -291,12 +271,3 @@ class ImageFramesSource:
 
     def close(self) -> None:
         self.images = []
-
-
-def preprocess_images(images, processor: ImageProcessorConfig) -> torch.Tensor:
-    """Several images -> float32 pixel values [N, 3, S, S]: `preprocess_frames` on each image alone."""
-    pixels = [preprocess_frames(img[None], processor) for img in _load_all(images)]
-    if any(p.shape != pixels[0].shape for p in pixels):
-        raise ValueError(f"images preprocess to different sizes {[tuple(p.shape[2:]) for p in pixels]}: "
-                         "a center crop is needed to stack them")
-    return torch.cat(pixels)

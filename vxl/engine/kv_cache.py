@@ -5,7 +5,9 @@ fork of a shared table that video memories hand to their requests.
 Invariants (checked by `BlockManager.check()` and the property tests):
   * every page is either free (refcount 0, in the free list exactly once) or used (refcount >= 1);
   * num_free + num_used == num_pages;
-  * a block table only grows at its end while its sequence lives; it is released exactly once.
+  * a block table gains pages and entries only at its end while its sequence lives; `drop_pages` may take
+    whole pages of stored entries out of it (a bounded stream's oldest VSTs), and the entries after them
+    keep their positions (`num_dropped` counts what was taken); a table is released exactly once.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ class ModelRunner:
     def embed(self, chunks: list[Chunk], token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(S, H) source rows of the step in chunk order: token embeddings of text/decode chunks, the raw
         visual embeddings of windows (their VSTs are added by the first layer). `token_ids`: the text and
-        decode chunks' ids concatenated, already on the device (`prepare` builds them)."""
+        decode chunks' ids concatenated, already on the device (`upload` sends them)."""
         if token_ids is None:
             ids = [t for c in chunks if c.token_ids is not None for t in c.token_ids]
             token_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
@@ -87,17 +87,6 @@ class ModelRunner:
             else:
                 parts.append(c.embeds.to(device=self.device, dtype=dtype))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-    def build_step(self, chunks: list[Chunk]) -> StepInfo:
-        """The StepInfo of the packed chunks; reserves the pages their kept rows need."""
-        return self.prepare(chunks)[0]
-
-    def prepare(self, chunks: list[Chunk]) -> tuple[StepInfo, torch.Tensor, torch.Tensor]:
-        """(StepInfo, token ids [text/decode tokens of the step, in chunk order], logit rows [in chunk order:
-        every slot of a scored chunk (`prompt_idx` set), the last slot of any other chunk that samples]),
-        all built on the host and copied to the device at once. Reserves the pages the chunks' kept rows
-        need."""
-        return self.upload(self.host_step(chunks))
 
     def host_step(self, chunks: list[Chunk]) -> HostStep:
         """The step's metadata as host arrays (`HostStep`); reserves the pages the chunks' kept rows need."""
@@ -140,9 +129,10 @@ class ModelRunner:
 
     def upload(self, host: HostStep, out: torch.Tensor | None = None
                ) -> tuple[StepInfo, torch.Tensor, torch.Tensor]:
-        """(StepInfo, token ids, logit rows) of a host step on the device, in one copy; into the device
-        buffer `out` when given (a captured decode graph's inputs: the same arrays' shapes always give the
-        same views of it, `vxl.engine.staging`)."""
+        """(StepInfo, token ids [the text/decode tokens, in chunk order], logit rows [in chunk order: every
+        slot of a scored chunk (`prompt_idx` set), the last slot of any other chunk that samples]) of a host
+        step on the device, in one copy; into the device buffer `out` when given (a captured decode graph's
+        inputs: the same arrays' shapes always give the same views of it, `vxl.engine.staging`)."""
         dev = self.staging.to_device(*host.arrays(), out=out)
         (positions, kept_positions, slot_mapping, token_ids, logit_idx), small_dev, is_vst_dev = dev
         cu_t, cu_src_t, ratios, rems, kept_lens, tables_t = small_dev
@@ -152,13 +142,11 @@ class ModelRunner:
                         is_decode=host.is_decode, has_vst=bool(host.is_vst.any()))
         return step, token_ids, logit_idx
 
-    def forward(self, chunks: list[Chunk]) -> tuple[torch.Tensor, StepInfo]:
-        """Hidden states (T, H) of every slot of the step; appends the kept rows' K/V to their pages and
-        advances each sequence's kept length."""
-        return self._forward(chunks)[:2]
-
-    def _forward(self, chunks: list[Chunk], host: HostStep | None = None
-                 ) -> tuple[torch.Tensor, StepInfo, torch.Tensor]:
+    def forward(self, chunks: list[Chunk], host: HostStep | None = None
+                ) -> tuple[torch.Tensor, StepInfo, torch.Tensor]:
+        """(hidden states (T, H) of every slot of the step, its StepInfo, its logit rows): uploads `host`
+        (built from the chunks when not given), appends the kept rows' K/V to their pages and advances
+        each sequence's kept length."""
         step, token_ids, logit_idx = self.upload(host if host is not None else self.host_step(chunks))
         embeds = self.embed(chunks, token_ids)                                      # (S, H) source rows
         hidden = self.model(embeds, step, self.kv_cache.layers, self.ops)           # (T, H) slots
@@ -168,7 +156,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, chunks: list[Chunk]) -> torch.Tensor | None:
         """One forward over the packed chunks; returns float32 logits [logit rows, V] in chunk order (one
-        row per sampling chunk, every row of a scored chunk: `prepare`), or None when no chunk needs
+        row per sampling chunk, every row of a scored chunk: `upload`), or None when no chunk needs
         logits. Advances each sequence's kept length. A decode step replays its shape's CUDA graph when
         `graphs` is set (`vxl.engine.cuda_graphs`; the same logits, read before the next step)."""
         host = self.host_step(chunks)
@@ -177,7 +165,7 @@ class ModelRunner:
             if logits is not None:
                 _advance(chunks)
                 return logits
-        hidden, _, logit_idx = self._forward(chunks, host)
+        hidden, _, logit_idx = self.forward(chunks, host)
         if not logit_idx.numel():
             return None
         return self.model.compute_logits(hidden[logit_idx])

@@ -15,11 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from vxl.engine.preprocess import preprocess_frames
-from vxl.model.clip_configs import ImageProcessorConfig
-
-__all__ = ["DEFAULT_FILE_FRAMES", "ImageProcessorConfig", "VideoSource", "open_video", "preprocess_frames",
-           "sample_indices", "snap_to_keyframes"]
+__all__ = ["DEFAULT_FILE_FRAMES", "VideoSource", "open_video", "sample_indices", "snap_to_keyframes"]
 
 DEFAULT_FILE_FRAMES = 128   # frames sampled from a file when a request gives no num_frames: the
                             # released evaluation setting (lmms-eval max_frames_num=128)

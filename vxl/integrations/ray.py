@@ -16,9 +16,7 @@ from typing import Callable, Iterable
 from vxl.batch.jobs import JobDefaults, Unit, make_units, read_items
 from vxl.batch.local import Progress, run_units
 
-# the input column of the pipeline: one Unit as JSON per row; the output columns: one row per request
-UNIT_COLUMN = "unit"
-OUTPUT_COLUMNS = ("request_id", "row")
+UNIT_COLUMN = "unit"        # the input column of the pipeline: one Unit as JSON per row
 
 
 class VXLPredictor:

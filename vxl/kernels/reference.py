@@ -137,25 +137,6 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     v_cache[pages, offsets] = v.to(v_cache.dtype)
 
 
-def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
-              length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `length` kept entries of one sequence: k, v [length, nkv, hd]."""
-    page_size = k_cache.shape[1]
-    idx = torch.arange(length, device=k_cache.device)
-    pages = block_table[idx // page_size].long()
-    return k_cache[pages, idx % page_size], v_cache[pages, idx % page_size]
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [n, nh, hd], k/v [m, nkv, hd], mask [n, m] bool (True = visible) -> [n, nh, hd].
-
-    PyTorch SDPA with native GQA: its fused kernels keep the softmax in float32 and never materialise the
-    n x m score matrix per head, so the torch backend's memory stays flat as the kept cache grows."""
-    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                         attn_mask=mask, scale=scale, enable_gqa=True)   # (1, nh, n, hd)
-    return out[0].transpose(0, 1)
-
-
 def gather_pages(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
     """Every page of each block table row, padded rows included: [B, max_pages * page_size, nkv, hd].
 
@@ -170,7 +151,8 @@ def gather_pages(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tenso
 def _attend_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                     scale: float) -> torch.Tensor:
     """q [B, n, nh, hd], k/v [B, m, nkv, hd], mask [B, n, m] bool (True = visible; every row sees at
-    least one entry) -> [B, n, nh, hd]: `_attend` of B independent problems in one SDPA call."""
+    least one entry) -> [B, n, nh, hd]: B independent problems in one SDPA call (native GQA: its fused kernels
+    keep the softmax in float32 and never materialise the score matrix, so memory stays flat as the cache grows)."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=mask[:, None], scale=scale, enable_gqa=True)   # (B, nh, n, hd)
     return out.transpose(1, 2)
@@ -190,10 +172,10 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         1 1 | 1 1 1
     Returns out [T, nh, hd] in q's dtype. Reads the cache only; writes nothing.
 
-    Batched over chunks (`window_attention_per_seq` is the same one chunk at a time): chunks of one row
-    (decode tokens in a prefill step) form one group, the longer ones another, so that a window in the
-    step does not pad every decode token to its length; each group is padded to its longest chunk and
-    its kept pages, and runs as one masked SDPA call. Reads the chunk lengths on the host once.
+    Batched over chunks: chunks of one row (decode tokens in a prefill step) form one group, the longer
+    ones another, so that a window in the step does not pad every decode token to its length; each group
+    is padded to its longest chunk and its kept pages, and runs as one masked SDPA call. Reads the chunk
+    lengths on the host once.
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out = torch.empty_like(q)
@@ -234,45 +216,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """One query per sequence over all its kept entries (the new token's K/V already stored).
 
     q [B, nh, hd]; seq_lens [B] (entries to attend, >= 1). Returns out [B, nh, hd] in q's dtype.
-    Batched (`decode_attention_per_seq` is the same one sequence at a time): every sequence's pages are
-    gathered into [B, max_pages * page_size] once and entries at or past seq_lens[b] are masked, in one
-    SDPA call; nothing is read back to the host.
+    Batched: every sequence's pages are gathered into [B, max_pages * page_size] once and entries at or
+    past seq_lens[b] are masked, in one SDPA call; nothing is read back to the host.
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     keys = gather_pages(k_cache, block_tables).to(q.dtype)                              # (B, m, nkv, hd)
     values = gather_pages(v_cache, block_tables).to(q.dtype)
     mask = torch.arange(keys.shape[1], device=q.device)[None] < seq_lens[:, None]       # (B, m)
     return _attend_batched(q[:, None], keys, values, mask[:, None], scale)[:, 0]         # (B, nh, hd)
-
-
-def window_attention_per_seq(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             block_tables: torch.Tensor, kept_lens: torch.Tensor, cu_seqlens: torch.Tensor,
-                             scale: float | None = None) -> torch.Tensor:
-    """`window_attention` written one chunk at a time (the plain statement; the tests' reference)."""
-    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    out = torch.empty_like(q)
-    for b in range(len(cu_seqlens) - 1):
-        s, e = int(cu_seqlens[b]), int(cu_seqlens[b + 1])
-        n, m = e - s, int(kept_lens[b])
-        k_kept, v_kept = gather_kv(k_cache, v_cache, block_tables[b], m)
-        keys = torch.cat([k_kept.to(k.dtype), k[s:e]])
-        values = torch.cat([v_kept.to(v.dtype), v[s:e]])
-        mask = torch.ones(n, m + n, dtype=torch.bool, device=q.device)
-        mask[:, m:] = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        out[s:e] = _attend(q[s:e], keys, values, mask, scale)
-    return out
-
-
-def decode_attention_per_seq(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                             scale: float | None = None) -> torch.Tensor:
-    """`decode_attention` written one sequence at a time (the plain statement; the tests' reference)."""
-    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    out = torch.empty_like(q)
-    for b in range(q.shape[0]):
-        m = int(seq_lens[b])
-        keys, values = gather_kv(k_cache, v_cache, block_tables[b], m)
-        mask = torch.ones(1, m, dtype=torch.bool, device=q.device)
-        out[b:b + 1] = _attend(q[b:b + 1], keys.to(q.dtype), values.to(q.dtype), mask, scale)
-    return out

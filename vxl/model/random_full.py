@@ -12,7 +12,6 @@ from vxl.config import ModelConfig
 from vxl.model.clip_configs import CLIP_VIT_L_336_NAME, ImageProcessorConfig, clip_vit_large_patch14_336
 from vxl.model.loader import LoadedModel
 from vxl.model.video_llm import VideoXLForCausalLM
-from vxl.model.vision import tokens_per_frame
 
 # Qwen2-7B's config.json plus the beacon_* / mm_* keys of the released Video-XL config
 QWEN2_7B = dict(vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
@@ -39,18 +38,6 @@ def meta_model(cfg: ModelConfig, clip: CLIPVisionConfig) -> VideoXLForCausalLM:
     """The module tree on the meta device: shapes and names only, no memory."""
     with torch.device("meta"):
         return VideoXLForCausalLM(cfg, clip)
-
-
-def parameter_counts(cfg: ModelConfig, clip: CLIPVisionConfig) -> dict[str, int]:
-    """Parameters per part, counted on the meta device: `llm` (Qwen2 without beacon weights), `beacon`,
-    `vision` (the CLIP layers actually built), `projector`, `total`."""
-    counts = {"llm": 0, "beacon": 0, "vision": 0, "projector": 0}
-    for name, p in meta_model(cfg, clip).named_parameters():
-        part = ("vision" if ".vision_tower." in name else "projector" if ".mm_projector." in name
-                else "beacon" if "beacon_" in name else "llm")
-        counts[part] += p.numel()
-    counts["total"] = sum(counts.values())
-    return counts
 
 
 def _init_(name: str, p: torch.Tensor, gen: torch.Generator) -> None:
@@ -88,9 +75,3 @@ def build_random_full(device: torch.device | str, dtype: torch.dtype = torch.bfl
     # CLIP-L/336's preprocessing (336 px); a narrowed CLIP (tests) gets its own image size
     processor = ImageProcessorConfig(shortest_edge=clip.image_size, crop_size=clip.image_size)
     return LoadedModel(model, cfg, tokenizer, processor, eos_ids, "full-random")
-
-
-def describe(cfg: ModelConfig, clip: CLIPVisionConfig) -> dict:
-    """Config arithmetic the benchmarks report: parameters, bytes per kept token, tokens per frame."""
-    return {"parameters": parameter_counts(cfg, clip), "bytes_per_token_bf16": cfg.bytes_per_token(2),
-            "tokens_per_frame": tokens_per_frame(clip, cfg.mm_spatial_pool_stride)}

@@ -25,7 +25,6 @@ class VideoCache:
         self.entries: OrderedDict[Key, Entry] = OrderedDict()
         self.pending: dict[Key, asyncio.Future] = {}
         self.lock = threading.Lock()
-        self.hits = self.misses = 0
         self.core.on_pressure(self.evict)       # called by the engine thread, under the core lock
 
     def __len__(self) -> int:
@@ -44,7 +43,6 @@ class VideoCache:
                 if entry is not None and entry.memory.is_bound:
                     entry.users += 1
                     self.entries.move_to_end(key)
-                    self.hits += 1
                     return entry.memory, True
                 waiting = self.pending.get(key)
                 if waiting is None:
@@ -58,7 +56,6 @@ class VideoCache:
                 future = self.pending.pop(key)
             future.set_result(None)
         with self.lock:
-            self.misses += 1
             self.entries[key] = Entry(memory, users=1)
             surplus = [k for k, e in self.entries.items() if e.users == 0][:max(0, len(self.entries) - self.max_entries)]
         for k in surplus:
