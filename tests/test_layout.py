@@ -1,5 +1,6 @@
 """The package's shape: its import contracts (.importlinter) hold and catch a planted back-edge, and every
-command the READMEs document answers `--help` (so the docs and the code agree)."""
+command the READMEs document answers `--help` (so the docs and the code agree; run in this process, one also
+as a process of its own)."""
 from __future__ import annotations
 
 import os
@@ -71,8 +72,38 @@ def test_the_docs_name_the_entry_points():
             "demo_model.backends"} <= names, names
 
 
+def answer_help_in_process(command: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """`python -m MODULE ARGS --help` run in this process (runpy executes MODULE as __main__, as `-m` does,
+    with sys.argv, the directory and sys.path as the command would have them): exit status, stdout, stderr."""
+    import runpy
+    import warnings
+    module, args = command[2], command[3:]
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", [module, *args, "--help"])
+    monkeypatch.setattr(sys, "path", list(sys.path))        # an entry point may add to it (bench_kernels does)
+    capsys.readouterr()
+    code = 0
+    with warnings.catch_warnings():    # runpy notes that MODULE is already imported (by an earlier case)
+        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.parametrize("command", documented_commands(), ids=lambda c: " ".join(c[2:]))
-def test_documented_command_answers_help(command):
+def test_documented_command_answers_help(command, monkeypatch, capsys):
+    code, out, err = answer_help_in_process(command, monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    assert "usage:" in out
+
+
+def test_a_documented_command_answers_help_in_a_fresh_process():
+    """One command as a user runs it, a process of its own: the entry point that changes sys.path and imports
+    triton when imported."""
+    command = next(c for c in documented_commands() if c[2:] == ["bench.bench_kernels"])
     done = subprocess.run([*command, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
