@@ -104,7 +104,7 @@ def check_needle_args(args) -> None:
 def build_llm(args):
     from vxl import LLM
     kwargs = {"device": args.device, "dtype": args.dtype, "attention_backend": args.attention_backend}
-    llm = LLM(args.model, seed=args.seed, **kwargs)
+    llm = LLM(args.model, seed=args.seed, max_logprobs=None, **kwargs)     # likelihood scoring reads every token
     if llm.tokenizer is None:
         raise SystemExit(f"error: {args.model} has no tokenizer files; the needle question needs a text prompt")
     if not llm.model.has_vision:

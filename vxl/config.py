@@ -157,8 +157,8 @@ class EngineConfig:
     text_chunk_size: int | None = None    # None: the model's beacon_window
     video_decode_workers: int = 1         # decord readers per video file, over disjoint segments
     keyframe_snap: bool = False           # sample the keyframe nearest each uniform index (faster, uneven)
-    max_logprobs: int | None = None       # most `logprobs` a request may ask for; None: no cap (offline scoring
-                                          # needs full distributions); servers use sampler.MAX_LOGPROBS (20)
+    max_logprobs: int | None = 20         # most `logprobs` / `prompt_logprobs` a request may ask for, as vLLM's
+                                          # default; None: up to the vocabulary (full distributions for scoring)
     # per-request caps, checked before any frame is decoded (None: no cap; a server sets tighter ones)
     max_frames: int | None = None         # frames sampled from one video (after num_frames)
     max_images: int | None = None         # images of one `images` request

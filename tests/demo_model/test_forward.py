@@ -66,7 +66,7 @@ def test_training_forward_equals_engine(demo_like, ratio, num_frames, layerwise,
             requests += [{"prompt_token_ids": before + [-200] + after + ans[:j], "video": sample.frames,
                           "compression_ratio": ratio} for j in range(len(ans))]
     assert len(requests) == train_lp.shape[0]
-    llm = LLM(path, device="cpu", dtype="float32", attention_backend="torch")
+    llm = LLM(path, device="cpu", dtype="float32", attention_backend="torch", max_logprobs=None)
     outs = llm.generate(requests, SamplingParams(max_tokens=1, ignore_eos=True, logprobs=len(tok)), use_tqdm=False)
     engine_lp = torch.tensor([[o.logprobs[0][t] for t in range(len(tok))] for o in outs], dtype=torch.float64)
     assert all(o.error is None for o in outs)

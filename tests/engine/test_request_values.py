@@ -98,14 +98,14 @@ def test_stop_ids_and_logprobs_are_checked_against_model_and_engine(llm):
     req = Request(prompt_token_ids=[5, 6, 7])
     with pytest.raises(RequestError, match="stop_token_ids"):
         prepare_request(ctx, req, SamplingParams(stop_token_ids=[3, 97]))
-    prep = prepare_request(ctx, req, SamplingParams(stop_token_ids=[3, 96], logprobs=97))
-    assert prep.prompt_ids == [5, 6, 7]                     # offline default: no logprobs cap
-    capped = dataclasses.replace(ctx, engine_config=dataclasses.replace(ctx.engine_config,
-                                                                        max_logprobs=MAX_LOGPROBS))
-    assert MAX_LOGPROBS == 20
-    prepare_request(capped, req, SamplingParams(logprobs=MAX_LOGPROBS))
-    with pytest.raises(RequestError, match="logprobs must be at most 20"):
-        prepare_request(capped, req, SamplingParams(logprobs=MAX_LOGPROBS + 1))
+    uncapped = dataclasses.replace(ctx, engine_config=dataclasses.replace(ctx.engine_config, max_logprobs=None))
+    prep = prepare_request(uncapped, req, SamplingParams(stop_token_ids=[3, 96], logprobs=97))
+    assert prep.prompt_ids == [5, 6, 7]                     # max_logprobs=None: up to the vocabulary
+    assert MAX_LOGPROBS == 20 == ctx.engine_config.max_logprobs          # the default cap, as vLLM's
+    prepare_request(ctx, req, SamplingParams(logprobs=MAX_LOGPROBS))
+    for name in ("logprobs", "prompt_logprobs"):
+        with pytest.raises(RequestError, match=f"{name} must be at most 20"):
+            prepare_request(ctx, req, SamplingParams(**{name: MAX_LOGPROBS + 1}))
 
 
 def test_prompt_that_cannot_be_encoded_names_prompt():

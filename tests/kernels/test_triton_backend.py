@@ -10,7 +10,7 @@ from vxl import IMAGE_TOKEN_INDEX, LLM, SamplingParams
 
 @pytest.fixture(scope="module")
 def engines():
-    return {b: LLM("tiny", device="cpu", dtype="float32", attention_backend=b, page_size=7) for b in ("torch", "triton")}
+    return {b: LLM("tiny", device="cpu", dtype="float32", attention_backend=b, page_size=7, max_logprobs=None) for b in ("torch", "triton")}
 
 
 def test_triton_backend_matches_torch_backend(engines):

@@ -35,7 +35,7 @@ def official():
 
 @pytest.fixture(scope="module")
 def engines():
-    return {backend: LLM(os.path.join(DATA, "tiny_official"), device="cpu", dtype="float32",
+    return {backend: LLM(os.path.join(DATA, "tiny_official"), device="cpu", dtype="float32", max_logprobs=None,
                          attention_backend=backend, page_size=16) for backend in ("torch", "triton")}
 
 

@@ -34,7 +34,8 @@ def run_and_compare(path, model, cfg, scenarios, seed, page_size=5):
         embeds = torch.randn(num_visual, cfg.hidden_size, generator=gen)
         expected.append(Reference(model, cfg).generate(ids, embeds, ratio, steps=6))
         requests.append({"prompt_token_ids": ids, "visual_embeds": embeds, "compression_ratio": ratio})
-    llm = LLM(str(path), device="cpu", dtype="float32", attention_backend="torch", page_size=page_size)
+    llm = LLM(str(path), device="cpu", dtype="float32", attention_backend="torch", page_size=page_size,
+              max_logprobs=None)
     outs = llm.generate(requests, SamplingParams(max_tokens=6, ignore_eos=True, logprobs=cfg.vocab_size),
                         use_tqdm=False)
     for (ratio, prefix, num_visual, suffix), out, (ref_tokens, ref_logits) in zip(scenarios, outs, expected):

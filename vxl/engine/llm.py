@@ -42,7 +42,7 @@ class LLM:
     nearest keyframes instead of exact uniform indices: much faster decoding, slightly uneven spacing).
     Per-request caps, checked before any frame is decoded (None: none): max_frames, max_images,
     max_prompt_tokens, max_image_pixels (default 2**27; an image's size is read from its file's header
-    before it is decoded); max_logprobs caps SamplingParams.logprobs. Scheduling: max_num_seqs (sequences
+    before it is decoded); max_logprobs (20; None: the vocabulary) caps SamplingParams.logprobs and prompt_logprobs. Scheduling: max_num_seqs (sequences
     running at once), max_vision_frames (frames CLIP encodes per step, batched over requests; None: 8
     windows' worth), vision_overlap (encode the next windows on a side stream during the LLM forward; None:
     on CUDA).
@@ -54,7 +54,7 @@ class LLM:
     def __init__(self, model: str = "tiny", device=None, dtype=None, attention_backend: str | None = None, *,
                  page_size: int = 16, num_pages: int | None = None, kv_cache_bytes: int | None = None,
                  max_batch_tokens: int = 8192, text_chunk_size: int | None = None, video_decode_workers: int = 1,
-                 keyframe_snap: bool = False, seed: int = 0, max_logprobs: int | None = None,
+                 keyframe_snap: bool = False, seed: int = 0, max_logprobs: int | None = EngineConfig.max_logprobs,
                  max_frames: int | None = None, max_images: int | None = None, max_prompt_tokens: int | None = None,
                  max_image_pixels: int | None = EngineConfig.max_image_pixels, cuda_graphs: bool = False,
                  max_num_seqs: int = EngineConfig.max_num_seqs, max_vision_frames: int | None = None,

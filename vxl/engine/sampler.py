@@ -9,10 +9,9 @@ from vxl import defaults
 from vxl.checks import finite_real, int_at_least, is_int
 
 
-# the cap on `logprobs` for callers that are not trusted (vLLM's default max_logprobs): a large k returns
-# most of the vocabulary per token. An engine setting (`EngineConfig.max_logprobs`, checked when a request
-# is prepared), not a SamplingParams rule: offline scoring (bench/niah.py, parity tests) needs full
-# distributions, so the offline default is no cap and front ends facing strangers set this one.
+# the default cap on `logprobs` (vLLM's default max_logprobs): a large k returns most of the vocabulary per
+# token. An engine setting (`EngineConfig.max_logprobs`, checked when a request is prepared), not a
+# SamplingParams rule: scoring that needs full distributions (bench/niah.py, parity tests) sets it to None.
 MAX_LOGPROBS = 20
 # temperatures below this are greedy, as in vLLM: dividing logits by them overflows to inf / NaN
 MIN_TEMPERATURE = 1e-5
