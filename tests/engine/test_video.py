@@ -153,7 +153,7 @@ def test_path_like_and_str(videos):
 
 def test_bad_files(videos, tmp_path):
     cases = [(tmp_path / "missing.mp4", "not found"), (tmp_path, "not a file"),
-             (videos["text"], "cannot read .*notes.mp4 as a video"), (videos["empty"], "as a video")]
+             (videos["text"], "notes.mp4 is not a video file: its bytes look like text"), (videos["empty"], "as a video")]
     for path, match in cases:
         with pytest.raises(ValueError, match=match):
             open_video(path, 4)
@@ -185,3 +185,21 @@ def test_bad_arguments(videos):
         next(open_video(arr).iter_chunks(0))
     with pytest.raises(TypeError):
         open_video(arr, 4, prefetch=2)
+
+
+@pytest.mark.parametrize("content,kind", [(b"Meeting notes\nnothing to see here\n" * 20, "text"),
+                                          (b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
+                                          (bytes(range(256)) * 3, "no known video container")])
+def test_a_file_that_is_no_video_container_is_refused_naming_what_it_is(tmp_path, content, kind):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"not a video file: its bytes look like {kind}"):
+        open_video(str(path))
+
+
+def test_containers_are_recognised_from_their_first_bytes(videos):
+    from vxl.engine.video import container_of
+    with open(videos["even"], "rb") as f:
+        assert container_of(f.read(512)) == "mp4/mov"
+    assert container_of(b"RIFF\x00\x00\x00\x00AVI LIST") == "avi"
+    assert container_of(b"\x1a\x45\xdf\xa3" + bytes(8)) == "matroska/webm"

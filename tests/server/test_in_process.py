@@ -139,3 +139,11 @@ def test_images_over_the_cap_are_refused_before_any_is_read(tmp_path, monkeypatc
         reply = c.post("/v1/chat/completions", json={"model": "tiny", "messages": [
             {"role": "user", "content": parts + [{"type": "text", "text": "Q"}]}]})
     assert reply.status_code == 413 and "4 images" in reply.json()["error"]["message"] and read == []
+
+
+def test_a_text_file_sent_as_a_video_is_a_415(client, tmp_path):
+    import base64
+    url = "data:video/mp4;base64," + base64.b64encode(b"just some text, not a video\n" * 10).decode()
+    reply = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "Q"}]}]})
+    assert reply.status_code == 415 and "its bytes look like text" in reply.json()["error"]["message"], reply.text

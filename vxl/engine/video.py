@@ -207,6 +207,8 @@ class FileVideoSource(VideoSource):
             raise ValueError(f"video file not found: {self.path}")
         if not os.path.isfile(self.path):
             raise ValueError(f"video path is not a file: {self.path}")
+        with open(self.path, "rb") as f:
+            check_container(f.read(512), self.path)
         self._pyav_lock = threading.Lock()       # guards the PyAV reader of chunks decord failed on
         self._pyav_fallback: PyAVReader | None = None
         reader = self._open_first_reader()
@@ -306,6 +308,42 @@ class FileVideoSource(VideoSource):
                 reader.close()
         self._readers.clear()
         self._pyav_fallback = None
+
+
+# leading bytes of the containers vxl reads: FFmpeg would also "decode" a text file (as rendered text) or
+# an image, which is no video to answer about
+CONTAINERS = ((4, b"ftyp", "mp4/mov"), (4, b"moov", "mov"), (4, b"mdat", "mov"), (4, b"free", "mov"),
+              (4, b"wide", "mov"), (4, b"skip", "mov"), (0, b"\x1a\x45\xdf\xa3", "matroska/webm"),
+              (0, b"OggS", "ogg"), (0, b"FLV", "flv"), (0, b"\x00\x00\x01\xba", "mpeg-ps"),
+              (0, b"\x00\x00\x01\xb3", "mpeg video"), (0, b"\x00\x00\x00\x01", "h264/hevc stream"),
+              (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "asf/wmv"))
+NOT_VIDEO = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+             (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a zip archive"))
+
+
+def container_of(head: bytes) -> str | None:
+    """The video container a file's first bytes name, or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:1] == b"\x47" and head[188:189] in (b"", b"\x47"):
+        return "mpeg-ts"
+    return next((name for offset, magic, name in CONTAINERS if head[offset:offset + len(magic)] == magic), None)
+
+
+def check_container(head: bytes, name: str) -> str:
+    """The container of a video file's first bytes, or ValueError naming what the bytes look like instead."""
+    container = container_of(head)
+    if container is None:
+        kind = next((what for magic, what in NOT_VIDEO if head.startswith(magic)), None)
+        if kind is None:
+            try:
+                head.decode("utf-8")
+                kind = "text"
+            except UnicodeDecodeError:
+                kind = "no known video container"
+        raise ValueError(f"{name} is not a video file: its bytes look like {kind} (vxl reads mp4, mov, mkv, webm, "
+                         f"avi, mpeg-ts, ogg, flv and wmv)")
+    return container
 
 
 def open_video(video, num_frames: int | None = None, *, num_workers: int = 1,

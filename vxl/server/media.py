@@ -13,6 +13,9 @@ import tempfile
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
 
+from vxl.engine.video import check_container
+
+
 VIDEO_SUFFIXES = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "quicktime": ".mov", "x-msvideo": ".avi",
                   "mpeg": ".mpg", "ogg": ".ogv"}
 
@@ -116,6 +119,14 @@ def data_bytes(url: str, kind: str, limit: int) -> tuple[str, bytes]:
     return mime.split("/", 1)[1], data
 
 
+def video_container(head: bytes, what: str) -> str:
+    """The container of a video's first bytes, or a 415 naming what they look like instead."""
+    try:
+        return check_container(head, what)
+    except ValueError as exc:
+        raise MediaError(str(exc), 415, "unsupported_media_type") from None
+
+
 def resolve_video(url: str, media: Media, limits: MediaLimits) -> str:
     """A path the engine can open for this video URL (a temp file for a data URL); sets media.video_key."""
     if not isinstance(url, str):
@@ -125,11 +136,14 @@ def resolve_video(url: str, media: Media, limits: MediaLimits) -> str:
         size = os.path.getsize(path)
         if size > limits.max_video_bytes:
             raise MediaError(f"the video is over the server's cap of {limits.max_video_bytes} bytes", 413, "too_large")
+        with open(path, "rb") as f:
+            video_container(f.read(512), "the video file")
         stat = os.stat(path)
         media.video_key = f"file:{path}:{size}:{stat.st_mtime_ns}"
         return path
     if url.startswith("data:"):
         subtype, data = data_bytes(url, "video", limits.max_video_bytes)
+        video_container(data[:512], "the video data URL")
         media.video_key = "sha256:" + hashlib.sha256(data).hexdigest()
         fd, path = tempfile.mkstemp(prefix="vxl-video-", suffix=VIDEO_SUFFIXES.get(subtype, ".mp4"))
         with os.fdopen(fd, "wb") as f:

@@ -97,7 +97,8 @@ def json_body(schema: dict) -> dict:
 def errors(*statuses: int) -> dict:
     why = {400: "a bad request, named in the message", 401: "no valid API key (a server started with --api-key)",
            403: "a file outside the allowed media path, a Host not allowed or a cross-site request",
-           404: "an unknown model or stream", 413: "over a cap of the server", 429: "the server's cap on open streams",
+           404: "an unknown model or stream", 413: "over a cap of the server",
+           415: "a video file whose bytes are not a video container", 429: "the server's cap on open streams",
            500: "a fault while it ran", 503: "the engine's queue is full"}
     return {s: {"description": why[s], **json_body(ERROR)} for s in statuses}
 
@@ -108,7 +109,7 @@ def responses(ok: dict, *statuses: int, description: str = "success") -> dict:
 
 CHAT = {"openapi_extra": {"requestBody": {"required": True, **json_body(CHAT_REQUEST)}},
         "responses": responses({"application/json": {"schema": CHAT_COMPLETION}, **events(CHUNK)},
-                               400, 401, 403, 404, 413, 500, 503,
+                               400, 401, 403, 404, 413, 415, 500, 503,
                                description="a chat.completion, or server-sent chat.completion.chunk events")}
 OPEN_STREAM = {"openapi_extra": {"requestBody": {"required": False, **json_body({
     "type": "object", "additionalProperties": False, "properties": {

@@ -241,6 +241,6 @@ def chunk(rid: str, model: str, created: int, delta: dict, finish_reason: str | 
 
 def error_body(message: str, status: int, code: str | None = None) -> dict:
     kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+            404: "not_found_error", 413: "invalid_request_error", 415: "invalid_request_error", 429: "rate_limit_error",
             503: "service_unavailable"}.get(status, "server_error")
     return {"error": {"message": message, "type": kind, "code": code or str(status)}}
