@@ -11,7 +11,9 @@ import os
 import sys
 
 from vxl.batch.cli import add_batch_parser
+from vxl import defaults
 from vxl.engine.planner import DEFAULT_MODEL, parse_bytes
+from vxl.flags import add_engine_flags, engine_kwargs, positive_int
 from vxl.model.registry import builtin_model_names, describe_builtin_models
 from vxl.replay import add_stream_parser, replay
 from vxl.server.serve import add_serve_parser
@@ -38,14 +40,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
-    return value
 
 
 def _memory_size(text: str) -> int:
@@ -59,34 +53,16 @@ def _memory_size(text: str) -> int:
     return value
 
 
-def _device(text: str) -> str:
-    """A device torch knows and this machine has: the engine would otherwise fail later, less clearly."""
-    import torch
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return text
-
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help=MODEL_HELP)
-    p.add_argument("--device", default=None, type=_device)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
-    p.add_argument("--num-frames", type=_positive_int, default=None)
-    p.add_argument("--compression-ratio", type=_positive_int, default=None)
-    p.add_argument("--max-tokens", type=_positive_int, default=64)
+    p.add_argument("--model", default=defaults.MODEL, help=MODEL_HELP)
+    p.add_argument("--num-frames", type=positive_int, default=None)
+    p.add_argument("--compression-ratio", type=positive_int, default=None)
+    p.add_argument("--max-tokens", type=positive_int, default=defaults.MAX_TOKENS)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
-    p.add_argument("--decode-workers", type=_positive_int, default=1, help="parallel decord readers per video file")
-    p.add_argument("--keyframe-snap", action="store_true", help="sample the nearest keyframes (faster decoding)")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; vxl.engine.cuda_graphs)")
+    add_engine_flags(p.add_argument_group("engine"))
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -137,8 +113,7 @@ def read_requests_file(path: str) -> list[dict]:
 def _run(args, reqs: list[dict]) -> int:
     from vxl import LLM, SamplingParams
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
-              video_decode_workers=args.decode_workers, keyframe_snap=args.keyframe_snap, cuda_graphs=args.cuda_graphs)
+    llm = LLM(args.model, **engine_kwargs(args))
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
     # bars on stderr: requests (several), windows (a long video, even alone); --no-progress hides both
@@ -163,8 +138,7 @@ def _run(args, reqs: list[dict]) -> int:
 def _demo(args) -> int:
     from vxl import LLM
     from vxl.demo import describe_demo, run_demo
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
-              cuda_graphs=args.cuda_graphs)
+    llm = LLM(args.model, **engine_kwargs(args))
     if args.model == "tiny":
         print("note: the built-in 'tiny' model has random weights; its answers are meaningless.", file=sys.stderr)
     result = run_demo(llm, seed=args.video_seed, num_frames=args.num_frames or 512,
@@ -204,7 +178,7 @@ def build_parser() -> _Parser:
     plan = sub.add_parser("plan", help="memory plan: weights, kept KV per frame, work space, max frames")
     plan.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP + f" (default {DEFAULT_MODEL})")
     plan.add_argument("--gpu-memory", default="80GiB", type=_memory_size)
-    plan.add_argument("--compression-ratio", type=_positive_int, default=16)
+    plan.add_argument("--compression-ratio", type=positive_int, default=16)
     plan.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     plan.add_argument("--attention-backend", default="triton", choices=["torch", "triton"])
     plan.add_argument("--json", action="store_true")

@@ -7,6 +7,7 @@ import sys
 import time
 
 from vxl import defaults
+from vxl.flags import add_engine_flags, engine_kwargs
 
 
 def add_stream_parser(sub) -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def add_stream_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="feed at the video's real speed (default: as fast as possible)")
     p.add_argument("--compression-ratio", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=defaults.MAX_TOKENS)
-    p.add_argument("--device", default=None)
+    add_engine_flags(p.add_argument_group("engine"))
     return p
 
 
@@ -40,7 +41,7 @@ def replay(args, out=sys.stdout) -> int:
     from vxl import LLM, SamplingParams
     if args.fps <= 0 or args.every <= 0:
         raise ValueError("--fps and --every must be > 0")
-    llm = LLM(args.model, device=args.device)
+    llm = LLM(args.model, **engine_kwargs(args))
     stream = llm.open_stream(compression_ratio=args.compression_ratio)
     params = SamplingParams(max_tokens=args.max_tokens)
     start, next_ask, t = time.monotonic(), args.every, 0.0

@@ -6,20 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vxl import defaults
+from vxl import defaults, flags
+from vxl.flags import add_engine_flags, int_at_least
 from vxl.batch.jobs import JobDefaults, OutputFile, make_units, read_items
 
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def add_batch_parser(sub) -> argparse.ArgumentParser:
@@ -28,40 +18,31 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
                                  "compression_ratio, request_id, max_tokens, temperature, top_p, top_k, seed)")
     p.add_argument("--out", required=True, help="output JSONL; a rerun skips the request ids it already holds")
     p.add_argument("--model", default=defaults.MODEL, help="a built-in model name or a checkpoint directory")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
-    p.add_argument("--kv-cache-bytes", type=_int_at_least(1), default=None)
-    p.add_argument("--decode-workers", type=_int_at_least(1), default=1, help="parallel decord readers per video")
-    p.add_argument("--keyframe-snap", action="store_true", help="sample the nearest keyframes (faster decoding)")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; vxl.engine.cuda_graphs)")
+    add_engine_flags(p.add_argument_group("engine"))
     g = p.add_argument_group("request defaults (a line's own fields win)")
-    g.add_argument("--num-frames", type=_int_at_least(1), default=None)
-    g.add_argument("--compression-ratio", type=_int_at_least(1), default=None)
-    g.add_argument("--max-tokens", type=_int_at_least(1), default=defaults.MAX_TOKENS)
+    g.add_argument("--num-frames", type=int_at_least(1), default=None)
+    g.add_argument("--compression-ratio", type=int_at_least(1), default=None)
+    g.add_argument("--max-tokens", type=int_at_least(1), default=defaults.MAX_TOKENS)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=_int_at_least(0), default=0)
+    g.add_argument("--top-k", type=int_at_least(0), default=0)
     g.add_argument("--seed", type=int, default=None, help="sampled requests without a seed get one from their id")
     j = p.add_argument_group("job")
-    j.add_argument("--chunk-videos", type=_int_at_least(1), default=8,
+    j.add_argument("--chunk-videos", type=int_at_least(1), default=8,
                    help="videos (or ungrouped requests) in flight at once per engine (with --ray: per actor call)")
     j.add_argument("--no-group", action="store_true", help="encode each question's video anew (no sharing)")
     j.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = p.add_argument_group("Ray Data (pip install 'ray[data]')")
     r.add_argument("--ray", action="store_true", help="run on Ray Data, one LLM per actor")
     r.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
-    r.add_argument("--num-replicas", type=_int_at_least(1), default=1, help="actors, one LLM each")
+    r.add_argument("--num-replicas", type=int_at_least(1), default=1, help="actors, one LLM each")
     r.add_argument("--gpus-per-replica", type=float, default=0.0)
     return p
 
 
 def engine_kwargs(args) -> dict:
     """LLM(**engine_kwargs(args)): the engine flags, as plain values an actor can receive."""
-    return {"model": args.model, "device": args.device, "dtype": args.dtype,
-            "attention_backend": args.attention_backend, "kv_cache_bytes": args.kv_cache_bytes,
-            "video_decode_workers": args.decode_workers, "keyframe_snap": args.keyframe_snap,
-            "cuda_graphs": args.cuda_graphs}
+    return {"model": args.model, **flags.engine_kwargs(args)}
 
 
 def job_defaults(args) -> JobDefaults:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from vxl.flags import add_engine_flags, engine_kwargs
 from vxl.server.media import MediaLimits
 
 
@@ -23,14 +24,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=int, default=8192, help="most text tokens in one request's prompt")
     p.add_argument("--served-model-name", default=None, help="the model name clients use (default: MODEL)")
     p.add_argument("--max-queued", type=int, default=256, help="requests in flight before new ones get 503")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--attention-backend", default=None, choices=["torch", "triton"])
-    p.add_argument("--kv-cache-bytes", type=int, default=None)
-    p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; vxl.engine.cuda_graphs)")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="sequences the engine runs at once")
-    p.add_argument("--max-vision-frames", type=int, default=None,
-                   help="frames CLIP encodes per engine step, batched over requests (default: 8 windows' worth)")
+    add_engine_flags(p.add_argument_group("engine"))
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health (default: $VXL_API_KEY)")
     p.add_argument("--allowed-hosts", nargs="+", default=None,
@@ -62,11 +56,9 @@ def serve(args) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     from vxl.engine.sampler import MAX_LOGPROBS
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
-              kv_cache_bytes=args.kv_cache_bytes, max_logprobs=MAX_LOGPROBS, max_frames=args.max_frames,
+    llm = LLM(args.model, **engine_kwargs(args), max_logprobs=MAX_LOGPROBS, max_frames=args.max_frames,
               max_images=args.max_images, max_prompt_tokens=args.max_prompt_tokens,
-              max_image_pixels=args.max_image_pixels, cuda_graphs=args.cuda_graphs, max_num_seqs=args.max_num_seqs,
-              max_vision_frames=args.max_vision_frames)
+              max_image_pixels=args.max_image_pixels)
     limits = MediaLimits(args.allowed_local_media_path, args.max_frames, args.max_video_bytes, args.max_images,
                          args.max_image_pixels)
     guard = Guard(api_key=args.api_key or os.environ.get("VXL_API_KEY") or None,
