@@ -212,3 +212,22 @@ def test_check_image_config():
             check_image_config(ratio, "unires")
     with pytest.raises(ValueError, match="mm_patch_merge_type='flat' is not supported"):
         check_image_config("anyres", "flat")
+
+
+def test_images_are_decoded_one_at_a_time(tmp_path, monkeypatch):
+    """A chunk of several images decodes one, turns it into its frame, then decodes the next: one full-size
+    image in memory at a time, never the whole chunk."""
+    from vxl.engine import image as img
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    events, load, as_frames = [], img.load_image, img._as_frames
+    monkeypatch.setattr(img, "load_image", lambda image, max_pixels=None: events.append("decode") or
+                        load(image, max_pixels))
+    monkeypatch.setattr(img, "_as_frames", lambda loaded, geometry: events.append(f"frames of {len(loaded)}") or
+                        as_frames(loaded, geometry))
+    frames = next(img.ImageFramesSource(paths, TINY_CFG).iter_chunks(4))
+    assert frames.shape[0] == 4 and events == ["decode", "frames of 1"] * 4
+    assert torch.equal(frames, images_as_frames(paths, TINY_CFG))

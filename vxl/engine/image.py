@@ -236,7 +236,7 @@ class ImageFramesSource:
     cropped exactly as `preprocess_frames` does (before rescale/normalise), so preprocessing the frames
     again is a no-op resize that gives each image's own pixels. Read lazily: the frame count, and so the
     request's token count, is len(images) before any image is decoded, and an image is loaded only when
-    its chunk of frames is needed (never all at once). Only cheap checks run here (types, that paths
+    its chunk of frames is needed, one image decoded at a time. Only cheap checks run here (types, that paths
     exist, the size of arrays and PIL images against `max_pixels`); a bad image found later, a file over
     `max_pixels` among them (checked from its header before it is decoded), fails its request with its
     index."""
@@ -264,10 +264,12 @@ class ImageFramesSource:
         self.frame_indices = list(range(self.num_frames))
 
     def iter_chunks(self, chunk_frames: int):
-        """uint8 [n, S, S, 3] per chunk of at most `chunk_frames` images, in order."""
+        """uint8 [n, S, S, 3] per chunk of at most `chunk_frames` images, in order. Each image is decoded,
+        resized and dropped before the next is decoded: one full-size image at a time in memory."""
         for start in range(0, self.num_frames, chunk_frames):
-            loaded = _load_all(self.images[start:start + chunk_frames], first_idx=start, max_pixels=self.max_pixels)
-            yield _as_frames(loaded, self.geometry)
+            chunk = self.images[start:start + chunk_frames]
+            yield torch.cat([_as_frames(_load_all([image], first_idx=start + i, max_pixels=self.max_pixels),
+                                        self.geometry) for i, image in enumerate(chunk)])
 
     def close(self) -> None:
         self.images = []
