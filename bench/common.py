@@ -77,6 +77,20 @@ def write_json(path: str, obj) -> str:
     return path
 
 
+def write_labelled_run(path: str, label: str, result: dict, description: str, comparisons: dict) -> str:
+    """Store `result` under runs[label] of the JSON at `path`, keeping its other labels, with the
+    benchmark's description and, per key of `comparisons`, that function of all the runs (e.g. after/before)."""
+    doc = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            doc = json.load(f)
+    doc.setdefault("runs", {})[label] = result
+    doc["description"] = description
+    for key, compare in comparisons.items():
+        doc[key] = compare(doc["runs"])
+    return write_json(path, doc)
+
+
 def read_status_bytes(field: str) -> int:
     """A field of /proc/self/status (VmRSS, VmHWM, ...) in bytes."""
     with open("/proc/self/status") as f:

@@ -13,7 +13,6 @@ the sampled tokens read back, so its time includes the GPU's).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -21,7 +20,7 @@ import time
 import torch
 
 import vxl
-from bench.common import RESULTS_DIR, env_info, header_line, log, write_json
+from bench.common import RESULTS_DIR, env_info, header_line, log, write_labelled_run
 from vxl import LLM, SamplingParams
 from vxl.engine.llm import resolve_dtype
 
@@ -236,15 +235,8 @@ def main(argv=None) -> None:
     if min(args.batch_sizes) < 1 or args.steps < 1 or args.warmup < 0 or args.window_seqs < 0 or args.threads < 1:
         raise SystemExit("error: --batch-sizes, --steps and --threads must be >= 1; --warmup, --window-seqs >= 0")
     result = run(args)
-    doc = {}
-    if os.path.exists(args.out):
-        with open(args.out) as f:
-            doc = json.load(f)
-    doc.setdefault("runs", {})[args.label] = result
-    doc["description"] = __doc__.strip()
-    doc["speedup"] = speedups(doc["runs"])
     log(header_line(result["env"]))
-    log(f"wrote {write_json(args.out, doc)}")
+    log(f"wrote {write_labelled_run(args.out, args.label, result, __doc__.strip(), {'speedup': speedups})}")
 
 
 if __name__ == "__main__":

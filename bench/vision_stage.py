@@ -15,7 +15,6 @@ sensitive to other load (each op waits for both threads); `--threads 1` is stead
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 import vxl
-from bench.common import RESULTS_DIR, env_info, header_line, log, write_json
+from bench.common import RESULTS_DIR, env_info, header_line, log, write_labelled_run
 
 PROMPT = "What happens?"
 
@@ -181,15 +180,8 @@ def main(argv=None) -> None:
     if min(args.concurrency) < 1 or args.repeats < 1 or args.threads < 1 or args.num_frames < 1:
         raise SystemExit("error: --concurrency, --repeats, --threads and --num-frames must be >= 1")
     result = run(args)
-    doc = {}
-    if os.path.exists(args.out):
-        with open(args.out) as f:
-            doc = json.load(f)
-    doc.setdefault("runs", {})[args.label] = result
-    doc["description"] = __doc__.strip()
-    doc["after_over_before"] = compare(doc["runs"])
     log(header_line(result["env"]))
-    log(f"wrote {write_json(args.out, doc)}")
+    log(f"wrote {write_labelled_run(args.out, args.label, result, __doc__.strip(), {'after_over_before': compare})}")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,6 @@ def test_a_prompt_too_long_for_the_cap_is_refused_before_it_is_tokenized(capped,
 
 
 def test_logprobs_over_the_vocabulary_are_refused(capped):
-    vocab = capped.config.vocab_size
     outs = capped.generate(["q", "q"], [SamplingParams(max_tokens=1, logprobs=10**9),
                                         SamplingParams(max_tokens=1, prompt_logprobs=20)], use_tqdm=False)
     assert "vocabulary size" in outs[0].error and outs[1].error is None

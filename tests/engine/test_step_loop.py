@@ -10,6 +10,7 @@ import torch
 
 from helpers import small_config, write_checkpoint
 from vxl import IMAGE_TOKEN_INDEX, LLM, SamplingParams
+from bench.step_overhead import HostReads, count_reads
 from vxl.engine.core import EncodeResult
 
 
@@ -143,35 +144,15 @@ def test_steps_stay_within_rows_and_sequences(small, max_batch_tokens, max_num_s
 
 
 def test_engine_settings_are_checked():
-    for bad in (dict(max_num_seqs=0), dict(max_vision_frames=0), dict(vision_overlap="yes"), dict(max_num_seqs=True)):
+    for bad in (dict(max_num_seqs=0), dict(max_vision_frames=0), dict(vision_overlap="yes"), dict(max_num_seqs=True),
+                dict(max_batch_tokens=319)):      # tiny: a window with its VSTs at ratio 1 is 2 x 160 rows
         with pytest.raises(ValueError):
             tiny(**bad)
 
 
-class HostReads(torch.Tensor):
-    """A tensor that counts what reads its data back to the host (subclass results keep counting)."""
-    reads = 0
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in ("item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__", "cpu"):
-            HostReads.reads += 1
-        out = super().__torch_function__(func, types, args, kwargs or {})
-        if name == "cpu":           # the copy on the host is the host's to read
-            return out.as_subclass(torch.Tensor)
-        return out
-
-
 def test_one_device_to_host_read_per_step(small):
     llm = LLM(small, device="cpu", dtype="float32", page_size=4)
-    run, reads = llm.runner.run, []
-
-    def counting(chunks):
-        logits = run(chunks)
-        reads.append(HostReads.reads)
-        return None if logits is None else logits.as_subclass(HostReads)
-    llm.runner.run = counting
+    reads = count_reads(llm)            # the logits count every read of a tensor computed from them
     params = [SamplingParams(max_tokens=6, ignore_eos=True, temperature=0.0 if i % 3 == 0 else 0.9,
                              top_k=5 if i % 3 == 1 else 0, top_p=0.8 if i % 3 == 2 else 1.0, seed=i,
                              logprobs=3 if i % 2 else None, prompt_logprobs=2 if i == 4 else None) for i in range(16)]

@@ -90,20 +90,27 @@ def request(port, method, path, body=None, timeout=30):
     return conn, conn.getresponse()
 
 
-def test_sigterm_ends_an_open_watcher_and_exits_in_time(tmp_path):
+def start_server(media_dir, *extra) -> tuple[int, subprocess.Popen]:
+    """`vxl serve tiny` on a free 127.0.0.1 port, once /health answers: (port, process)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vxl.server.serve", "tiny", "--port", str(port), "--device", "cpu",
-                             "--allowed-local-media-path", str(tmp_path), "--shutdown-timeout", "3"],
+                             "--allowed-local-media-path", str(media_dir), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the server did not come up: {proc.stdout.read()}")
+        try:
+            if request(port, "GET", "/health", timeout=2)[1].status == 200:
+                return port, proc
+        except OSError:
+            time.sleep(0.3)
+
+
+def test_sigterm_ends_an_open_watcher_and_exits_in_time(tmp_path):
+    port, proc = start_server(tmp_path, "--shutdown-timeout", "3")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            try:
-                if request(port, "GET", "/health", timeout=2)[1].status == 200:
-                    break
-            except OSError:
-                time.sleep(0.3)
         sid = json.loads(request(port, "POST", "/v1/streams", {"compression_ratio": 4})[1].read())["id"]
         _, watch = request(port, "POST", f"/v1/streams/{sid}/watch", {"prompt": "What happens?"})
         assert watch.status == 200
@@ -130,19 +137,8 @@ def metric(port, name) -> float:
 
 
 def test_dropped_streaming_clients_abort_their_requests(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vxl.server.serve", "tiny", "--port", str(port), "--device", "cpu",
-                             "--allowed-local-media-path", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, proc = start_server(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            try:
-                if request(port, "GET", "/health", timeout=2)[1].status == 200:
-                    break
-            except OSError:
-                time.sleep(0.3)
         body = {"model": "tiny", "max_tokens": 4000, "temperature": 0, "stream": True,
                 "messages": [{"role": "user", "content": "Tell a long story."}]}
         conns = []

@@ -63,6 +63,10 @@ class EngineCore:
 
     def __init__(self, config: EngineConfig, loaded: LoadedModel, annotate: Callable = nvtx.annotate):
         config.validate()
+        if config.max_batch_tokens < 2 * loaded.config.beacon_window:
+            # a window of raw rows with its VSTs (as many as its rows at ratio 1) is one indivisible chunk
+            raise ValueError(f"max_batch_tokens ({config.max_batch_tokens}) must hold one window with its summary "
+                             f"tokens: at least 2 x beacon_window = {2 * loaded.config.beacon_window}")
         self.config = config
         self.device, self.dtype = torch.device(config.device), torch_dtype(config.dtype)
         self.loaded, self.model, self.model_config = loaded, loaded.model, loaded.config
@@ -241,9 +245,7 @@ class EngineCore:
         with torch.inference_mode(), self.annotate("vision"):
             pixels = preprocess_frames(frames.to(self.device), self.loaded.image_processor)
             tokens = self.model.encode_frames(pixels.to(self.model.beacon_embedding().dtype))
-        self.vision.stats["calls"] += 1
-        self.vision.stats["frames"] += frames.shape[0]
-        self.vision.stats["seconds"] += time.perf_counter() - t0
+        self.vision.count(frames.shape[0], time.perf_counter() - t0)
         return tokens
 
     @property

@@ -3,8 +3,9 @@ call (`encode_frames` on the concatenated pixels of all of them), before the LLM
 windows. Its budget (frames per step) is the scheduler's (`max_vision_frames`).
 
 Encoding ahead (`overlap`, on by default on CUDA): after the step's forward has been launched, the stage
-encodes the next window of each request still in its visual prefill on a side CUDA stream, so CLIP runs
-on the GPU while the LLM does; the next step finds those tokens ready. Event discipline:
+encodes the next window of each request still in its visual prefill on a side CUDA stream, so CLIP can run
+on the GPU while the LLM does (its effect is not measured yet: `bench/gpu_check.sh` times the vision stage
+with and without it); the next step finds those tokens ready. Event discipline:
     1. everything of an ahead encoding runs on the side stream: the pixels' host-to-device copy, their
        preprocessing and `encode_frames` (it reads only the pixels and the vision weights, which nothing
        writes), so the side stream never waits for the forward on the current stream;
@@ -104,10 +105,14 @@ class VisionStage:
                 start += n
             # a batched call's time counts in full for each of its requests, as a packed step's does
             supplier.seconds["vision"] = supplier.seconds.get("vision", 0.0) + elapsed
-        self.stats["calls"] += 1
-        self.stats["frames"] += sum(p.shape[0] for p in pixels)
-        self.stats["seconds"] += elapsed
+        self.count(sum(p.shape[0] for p in pixels), elapsed)
         return []
+
+    def count(self, num_frames: int, seconds: float) -> None:
+        """One `encode_frames` call in the stats (the stage's own, or a stream's appended frames)."""
+        self.stats["calls"] += 1
+        self.stats["frames"] += num_frames
+        self.stats["seconds"] += seconds
 
     @staticmethod
     def _on(stream):

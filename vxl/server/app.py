@@ -22,7 +22,7 @@ from vxl.server.async_llm import AsyncLLM, EncodeError
 from vxl.server.guard import Guard
 from vxl.server.media import MediaError, MediaLimits, read_body
 from vxl.server.metrics import ServerMetrics
-from vxl.server.protocol import (BadRequest, ChatRequest, chunk, completion, error_body, logprobs_of,
+from vxl.server.protocol import (BadRequest, ChatRequest, chunk, completion, error_body, load_json, logprobs_of,
                                  parse_chat_request, usage_of)
 from vxl.server.state import Server, server_of
 from vxl.server.streams import StreamRegistry, stream_router
@@ -121,13 +121,11 @@ async def chat(request: Request):
 async def admit_chat(s: Server, request: Request) -> ChatRequest | Response:
     """The parsed request, its video answered from the cache where it can be; or the error response."""
     try:
-        body = json.loads(await read_body(request, s.limits.max_body_bytes))
+        body = load_json(await read_body(request, s.limits.max_body_bytes))
     except MediaError as exc:
         return error(str(exc), exc.status, exc.code)
-    except ValueError:
-        return error("the request body is not valid JSON", 400)
-    except RecursionError:
-        return error("the request body is nested too deeply", 400)
+    except BadRequest as exc:
+        return error(str(exc), 400)
     if isinstance(body, dict) and body.get("model") not in (None, s.served_model_name):
         return error(f"model {body.get('model')!r} is not served here (only {s.served_model_name!r})", 404,
                      "model_not_found")

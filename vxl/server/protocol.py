@@ -7,6 +7,7 @@ A user message whose content is one `video_url` part and one `text` part Q gives
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -171,6 +172,16 @@ def check_field_types(body: dict) -> None:
         value = body.get(name)
         _expect(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0),
                 f"{name} is not supported: give 0 or leave it out, not {value!r}")
+
+
+def load_json(raw: bytes, what: str = "the request body"):
+    """The JSON of a request body, or BadRequest naming what is wrong with it."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
+    except ValueError:
+        raise BadRequest(f"{what} is not valid JSON") from None
 
 
 def parse_chat_request(body, limits: MediaLimits, streams=None) -> ChatRequest:

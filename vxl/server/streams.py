@@ -19,7 +19,7 @@ from vxl.checks import int_at_least
 from vxl.engine.sampler import SamplingParams
 from vxl.server import openapi
 from vxl.server.media import MediaError, MediaLimits, check_image_size, read_body
-from vxl.server.protocol import error_body
+from vxl.server.protocol import error_body, load_json
 from vxl.server.state import server_of
 
 
@@ -117,7 +117,7 @@ OPEN_FIELDS = ("compression_ratio", "max_kept_frames")
 @stream_router.post("/v1/streams", **openapi.OPEN_STREAM)
 async def open_stream(request: Request):
     try:
-        body = json_object(await read_body(request, 2**20) or b"{}", "the stream's settings")
+        body = json_object(await read_body(request, 2**20) or b"{}", "the stream's settings body")
         unknown = sorted(set(body) - set(OPEN_FIELDS))
         if unknown:
             raise ValueError(f"unknown field(s) {unknown}; known: {list(OPEN_FIELDS)}")
@@ -129,11 +129,8 @@ async def open_stream(request: Request):
 
 
 def json_object(body: bytes, what: str) -> dict:
-    """A JSON object body, or ValueError naming what is wrong with it."""
-    try:
-        obj = json.loads(body)
-    except RecursionError:
-        raise ValueError(f"{what} are nested too deeply") from None
+    """A JSON object body, or ValueError (BadRequest) naming what is wrong with it."""
+    obj = load_json(body, what)
     if not isinstance(obj, dict):
         raise ValueError(f"{what} must be a JSON object, not {type(obj).__name__}")
     return obj
@@ -174,7 +171,7 @@ async def watch(sid: str, request: Request):
     """A standing question as server-sent events: {"frames", "text"} after every `every_n_windows` newly
     encoded windows, until the stream closes or the client goes away."""
     try:
-        body = json_object(await read_body(request, 2**20), "the watch body (a JSON object with a prompt)")
+        body = json_object(await read_body(request, 2**20), "the watch body")
         every = int_at_least("every_n_windows", body.get("every_n_windows", 1), 1)
         params = SamplingParams(max_tokens=body.get("max_tokens", defaults.MAX_TOKENS),
                                 temperature=body.get("temperature", 0.0))
